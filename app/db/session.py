@@ -1,0 +1,70 @@
+"""Engines and sessions. One engine per process; disposed after fork so no socket is shared."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import get_settings
+
+_engines: dict[str, tuple[int, Engine]] = {}
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets the CLI read while a worker writes; busy_timeout waits instead of failing.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """This process's engine for ``url`` (default: DATABASE_URL), rebuilt in a forked child."""
+    key = url or get_settings().database_url
+    pid = os.getpid()
+    cached = _engines.get(key)
+    if cached is None or cached[0] != pid:
+        if cached is not None:
+            # Inherited from the parent: drop its pool without closing the parent's sockets.
+            cached[1].dispose(close=False)
+        _engines[key] = (pid, make_engine(key))
+    return _engines[key][1]
+
+
+def dispose_engines() -> None:
+    """Close every pool (at shutdown, or in a child right after fork)."""
+    for _pid, engine in _engines.values():
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A unit of work: commit on success, roll back on any error."""
+    session = session_factory(engine)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

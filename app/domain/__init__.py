@@ -1,0 +1,1 @@
+"""Domain rules as plain Python: planning, templates, segments, phone numbers. No Celery, no I/O."""

@@ -1,0 +1,48 @@
+"""How many SMS segments a text costs, counted the way carriers do.
+
+A text that fits the GSM 03.38 alphabet is sent as GSM-7: 160 characters in one segment, or 153
+per segment when split (the rest is the concatenation header). Characters of the extension table
+take two septets each. One character outside both tables turns the whole text into UCS-2: 70 in
+one segment, 67 per segment when split, where characters outside the Basic Multilingual Plane
+(most emoji) take two UTF-16 code units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+
+GSM7 = "GSM-7"
+UCS2 = "UCS-2"
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    encoding: str  # "GSM-7" or "UCS-2"
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
+    segments: int
+    #: The characters that forced UCS-2, in order of first appearance (empty for GSM-7).
+    non_gsm_chars: tuple[str, ...] = ()
+
+
+def _split(units: int, single: int, multi: int) -> int:
+    if units <= single:
+        return 1 if units else 0
+    return -(-units // multi)
+
+
+def count_segments(body: str) -> SegmentInfo:
+    chars = set(body)
+    if chars <= GSM7_BASIC:
+        return SegmentInfo(GSM7, len(body), _split(len(body), 160, 153))
+    if chars <= GSM7_BASIC | GSM7_EXTENSION:
+        septets = len(body) + sum(1 for ch in body if ch in GSM7_EXTENSION)
+        return SegmentInfo(GSM7, septets, _split(septets, 160, 153))
+    offending = tuple(dict.fromkeys(ch for ch in body if ch not in GSM7_BASIC and ch not in GSM7_EXTENSION))
+    units = len(body.encode("utf-16-le")) // 2
+    return SegmentInfo(UCS2, units, _split(units, 70, 67), offending)

@@ -1,0 +1,221 @@
+"""Message templates: Jinja2 in a sandbox, checked when saved, compiled once, rendered per text.
+
+Templates are written by organizations, so they are untrusted code: a ``SandboxedEnvironment``
+blocks attribute escapes, ``StrictUndefined`` turns a typo into an error instead of a blank in a
+customer's text, and arithmetic and loops are capped so a template cannot eat the worker.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+from app.domain.segments import SegmentInfo, count_segments
+from app.errors import ValidationError
+
+MAX_BODY_CHARS = 1600
+MAX_SOURCE_CHARS = 4000
+MAX_LOOP_DEPTH = 2
+MAX_RANGE = 100
+VARIABLES = frozenset(
+    {"customer", "organization", "subscription", "days_left", "lead_days"}
+)
+
+DEFAULT_TEMPLATE = (
+    "Hi {{ customer.name }}, your {{ organization.name }} {{ subscription.plan }} plan "
+    "{% if days_left == 0 %}expires today{% elif days_left == 1 %}expires tomorrow"
+    "{% else %}expires in {{ days_left }} days{% endif %} "
+    "({{ subscription.expires_on.isoformat() }}). Renew now to stay connected."
+)
+
+
+class TemplateProblem(ValidationError):
+    """A template was refused or failed to render; the message says why."""
+
+
+@dataclass(frozen=True)
+class CustomerVars:
+    name: str
+
+
+@dataclass(frozen=True)
+class OrganizationVars:
+    name: str
+
+
+@dataclass(frozen=True)
+class SubscriptionVars:
+    plan: str
+    expires_on: date
+    amount: Decimal | None
+    currency: str | None
+
+
+def _capped_range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise SecurityError(f"range() is limited to {MAX_RANGE} items in templates")
+    return r
+
+
+def _capped_mul(left: Any, right: Any) -> Any:
+    for seq, count in ((left, right), (right, left)):
+        if isinstance(seq, str | list | tuple) and isinstance(count, int):
+            if len(seq) * count > MAX_BODY_CHARS:
+                raise SecurityError("repeating text beyond the message size is not allowed")
+    return operator.mul(left, right)
+
+
+def _capped_pow(left: Any, right: Any) -> Any:
+    if isinstance(right, int | float) and abs(right) > 100:
+        raise SecurityError("exponents above 100 are not allowed in templates")
+    return operator.pow(left, right)
+
+
+class _ReminderSandbox(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "*":
+            return _capped_mul(left, right)
+        if operator_name == "**":
+            return _capped_pow(left, right)
+        return super().call_binop(context, operator_name, left, right)
+
+
+def _environment() -> SandboxedEnvironment:
+    env = _ReminderSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    env.globals = {"range": _capped_range}
+    return env
+
+
+ENV = _environment()
+
+
+def _loop_depth(node: nodes.Node, depth: int = 0) -> int:
+    here = depth + 1 if isinstance(node, nodes.For) else depth
+    return max([here, *(_loop_depth(child, here) for child in node.iter_child_nodes())])
+
+
+@lru_cache(maxsize=4096)
+def compile_template(source: str) -> Any:
+    """Parse and compile once per distinct source (cached); raise TemplateProblem if invalid."""
+    if len(source) > MAX_SOURCE_CHARS:
+        raise TemplateProblem(f"template is {len(source)} characters; the limit is {MAX_SOURCE_CHARS}")
+    try:
+        ast = ENV.parse(source)
+    except TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f" on line {line}" if line else ""
+        raise TemplateProblem(f"template syntax error{where}: {exc.message}") from None
+    unknown = sorted(_undeclared(ast) - VARIABLES)
+    if unknown:
+        raise TemplateProblem(
+            f"unknown variable {', '.join(unknown)}; use {', '.join(sorted(VARIABLES))}"
+        )
+    if _loop_depth(ast) > MAX_LOOP_DEPTH:
+        raise TemplateProblem(f"loops nested deeper than {MAX_LOOP_DEPTH} are not allowed")
+    return ENV.from_string(ast)
+
+
+def _undeclared(ast: nodes.Template) -> set[str]:
+    from jinja2 import meta
+
+    return set(meta.find_undeclared_variables(ast))
+
+
+def render(
+    source: str,
+    *,
+    customer: CustomerVars,
+    organization: OrganizationVars,
+    subscription: SubscriptionVars,
+    days_left: int,
+    lead_days: int,
+) -> str:
+    """The text for one customer; raise TemplateProblem with the reason if it cannot be made."""
+    template = compile_template(source)
+    try:
+        chunks: list[str] = []
+        size = 0
+        for chunk in template.generate(
+            customer=customer,
+            organization=organization,
+            subscription=subscription,
+            days_left=days_left,
+            lead_days=lead_days,
+        ):
+            size += len(chunk)
+            if size > MAX_BODY_CHARS:
+                raise TemplateProblem(
+                    f"rendered text is longer than {MAX_BODY_CHARS} characters"
+                )
+            chunks.append(chunk)
+    except TemplateProblem:
+        raise
+    except SecurityError as exc:
+        raise TemplateProblem(f"template not allowed: {exc}") from None
+    except TemplateError as exc:
+        raise TemplateProblem(f"template failed to render: {exc}") from None
+    except RecursionError:
+        raise TemplateProblem("template failed to render: recursion too deep") from None
+    except Exception as exc:  # noqa: BLE001 - any failure of untrusted code is the template's
+        raise TemplateProblem(f"template failed to render: {type(exc).__name__}: {exc}") from None
+    body = "".join(chunks).strip()
+    if not body:
+        raise TemplateProblem("rendered text is empty")
+    return body
+
+
+SAMPLE_CUSTOMER = CustomerVars(name="Alex Example")
+SAMPLE_SUBSCRIPTION = SubscriptionVars(
+    plan="Fiber 500", expires_on=date(2030, 1, 15), amount=Decimal("49.90"), currency="USD"
+)
+
+
+@dataclass(frozen=True)
+class Preview:
+    body: str
+    length: int
+    segments: SegmentInfo
+
+
+def sample_render(
+    source: str, *, organization_name: str, lead_days: int, max_segments: int | None = None
+) -> Preview:
+    """Render sample data the way a save does; raise TemplateProblem if it would be refused."""
+    body = render(
+        source,
+        customer=SAMPLE_CUSTOMER,
+        organization=OrganizationVars(name=organization_name),
+        subscription=SAMPLE_SUBSCRIPTION,
+        days_left=lead_days,
+        lead_days=lead_days,
+    )
+    info = count_segments(body)
+    if max_segments is not None and info.segments > max_segments:
+        forced = ""
+        if info.non_gsm_chars:
+            shown = " ".join(repr(ch) for ch in info.non_gsm_chars[:10])
+            forced = f" (UCS-2 forced by {shown})"
+        raise TemplateProblem(
+            f"sample text takes {info.segments} {info.encoding} segments{forced}; "
+            f"the limit is {max_segments} (SMS_MAX_SEGMENTS)"
+        )
+    return Preview(body=body, length=len(body), segments=info)
+
+
+def validate_template(source: str, *, organization_name: str, lead_days: list[int], max_segments: int) -> list[Preview]:
+    """Every check a save makes: syntax, variables, sandbox, size, segments, for each lead day."""
+    compile_template(source)
+    return [
+        sample_render(source, organization_name=organization_name, lead_days=lead, max_segments=max_segments)
+        for lead in lead_days
+    ]

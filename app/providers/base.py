@@ -1,0 +1,71 @@
+"""The one small interface every SMS provider implements.
+
+A provider sends one text and returns the provider's message id, or raises one of three errors.
+The kind of error decides what the ledger does next, so providers must classify carefully:
+retrying a permanent error wastes money, and resending an unknown outcome texts a customer twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+class ProviderError(Exception):
+    """Base for provider failures. ``code`` is the provider's error code, if it gave one."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TransientError(ProviderError):
+    """Worth retrying later (rate limited, 5xx, connection refused before the request went out)."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class PermanentError(ProviderError):
+    """Never retried: the number is invalid, unreachable, unsubscribed, or the request is wrong."""
+
+    def __init__(self, message: str, *, code: str | None = None, opted_out: bool = False) -> None:
+        super().__init__(message, code=code)
+        # The recipient told the provider to stop: no later day may try again.
+        self.opted_out = opted_out
+
+
+class UnknownOutcomeError(ProviderError):
+    """The request may have been accepted (e.g. a read timeout): never resend blindly."""
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """What a provider knows about a message it created (used by reconciliation)."""
+
+    message_id: str
+    to: str
+    body: str
+    created_at: datetime | None
+    status: str | None = None
+
+
+class SmsProvider(Protocol):
+    """``send`` returns the provider's message id. Implementations must be thread-safe."""
+
+    name: str
+    #: True when ``find_sent`` can say whether a message went out (reconciliation is possible).
+    can_reconcile: bool
+
+    def send(self, to: str, body: str, sender: str | None) -> str: ...
+
+    def find_sent(
+        self, *, to: str, body: str, sender: str | None, since: datetime
+    ) -> SentMessage | None:
+        """The message to ``to`` with ``body`` created at or after ``since``, if any."""
+        ...

@@ -1,0 +1,193 @@
+"""One typed settings object, read from the environment once.
+
+Nothing else in the application reads ``os.environ``: every knob is here, parsed and validated at
+start-up, so a bad value stops the process with one line naming the variable instead of failing
+at 3 a.m. in the middle of a send.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import time
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+from app.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///reminders.db"
+
+
+def parse_lead_days(raw: str) -> tuple[int, ...]:
+    """``"5,3,1"`` -> ``(5, 3, 1)``: distinct, 0..365, largest first."""
+    try:
+        values = {int(part) for part in raw.split(",") if part.strip()}
+    except ValueError:
+        raise ValueError(f"expected comma-separated whole numbers like 5,3,1, got {raw!r}") from None
+    if not values:
+        raise ValueError("expected at least one lead day, like 5,3,1")
+    if any(v < 0 or v > 365 for v in values):
+        raise ValueError(f"lead days must be between 0 and 365, got {raw!r}")
+    return tuple(sorted(values, reverse=True))
+
+
+def parse_clock(raw: str) -> time:
+    """``"09:00"`` -> ``time(9, 0)``."""
+    hh, sep, mm = raw.strip().partition(":")
+    if not sep or not hh.isdigit() or not mm.isdigit() or len(mm) != 2:
+        raise ValueError(f"expected a time as HH:MM, got {raw!r}")
+    try:
+        return time(int(hh), int(mm))
+    except ValueError:
+        raise ValueError(f"expected a time as HH:MM, got {raw!r}") from None
+
+
+def parse_window(raw: str) -> tuple[time, time]:
+    """``"08:00-21:00"`` -> two times.
+
+    A window may wrap past midnight (``22:00-02:00``); equal ends (``00:00-00:00``) mean all day.
+    """
+    start, sep, end = raw.partition("-")
+    if not sep:
+        raise ValueError(f"expected a window as HH:MM-HH:MM, got {raw!r}")
+    first, last = parse_clock(start), parse_clock(end)
+    return first, last
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {raw!r}")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError(f"expected a number of at least 0, got {raw!r}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"expected a number above 0, got {raw!r}")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _country(raw: str) -> str:
+    value = raw.strip().upper()
+    if len(value) != 2 or not value.isalpha():
+        raise ValueError(f"expected a two-letter country code like US, got {raw!r}")
+    return value
+
+
+def _env(name: str, parse: Callable[[str], Any], default: Any, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": name, "parse": parse, "secret": secret})
+
+
+def normalize_database_url(url: str) -> str:
+    """Plain ``postgresql://`` (and Heroku's ``postgres://``) means psycopg 3 here."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str = _env("DATABASE_URL", normalize_database_url, DEFAULT_DATABASE_URL)
+    sms_provider: str = _env("SMS_PROVIDER", _choice("console", "twilio"), "console")
+    lead_days: tuple[int, ...] = _env("REMINDER_LEAD_DAYS", parse_lead_days, (5, 3, 1))
+    send_time: time = _env("REMINDER_SEND_TIME", parse_clock, time(9, 0))
+    send_window: tuple[time, time] = _env(
+        "REMINDER_SEND_WINDOW", parse_window, (time(8, 0), time(21, 0))
+    )
+    default_country: str = _env("REMINDER_DEFAULT_COUNTRY", _country, "US")
+    max_attempts: int = _env("SMS_MAX_ATTEMPTS", _positive_int, 5)
+    retry_backoff_seconds: float = _env("SMS_RETRY_BACKOFF_SECONDS", _non_negative_float, 30.0)
+    max_segments: int = _env("SMS_MAX_SEGMENTS", _positive_int, 3)
+    # Sends in flight at once per process: the provider is slow, so throughput comes from overlap.
+    send_concurrency: int = _env("SMS_CONCURRENCY", _positive_int, 32)
+    rate_per_second: float = _env("SMS_RATE_PER_SECOND", _positive_float, 10.0)
+    send_batch_size: int = _env("SMS_BATCH_SIZE", _positive_int, 200)
+    tick_seconds: float = _env("REMINDER_TICK_SECONDS", _positive_float, 60.0)
+    retention_days: int = _env("REMINDER_RETENTION_DAYS", _positive_int, 365)
+    # A row claimed longer ago than this by a worker that never reported back is an unknown outcome.
+    stale_sending_seconds: float = _env("REMINDER_STALE_SENDING_SECONDS", _positive_float, 900.0)
+    celery_broker_url: str | None = _env("CELERY_BROKER_URL", _optional_text, None, secret=True)
+    redis_url: str | None = _env("REDIS_URL", _optional_text, None, secret=True)
+    redis_host: str = _env("REDIS_HOST", _text, "127.0.0.1")
+    redis_port: int = _env("REDIS_PORT", _positive_int, 6379)
+    redis_db: int = _env("REDIS_DB", int, 0)
+    redis_password: str | None = _env("REDIS_PASSWORD", _optional_text, None, secret=True)
+    twilio_account_sid: str | None = _env("TWILIO_ACCOUNT_SID", _optional_text, None)
+    twilio_auth_token: str | None = _env("TWILIO_AUTH_TOKEN", _optional_text, None, secret=True)
+    twilio_from_number: str | None = _env("TWILIO_FROM_NUMBER", _optional_text, None)
+    twilio_messaging_service_sid: str | None = _env(
+        "TWILIO_MESSAGING_SERVICE_SID", _optional_text, None
+    )
+    twilio_api_base_url: str = _env("TWILIO_API_BASE_URL", _text, "https://api.twilio.com")
+    twilio_timeout_seconds: float = _env("TWILIO_TIMEOUT_SECONDS", _positive_float, 10.0)
+    webhook_base_url: str | None = _env("WEBHOOK_BASE_URL", _optional_text, None)
+    console_output: str | None = _env("SMS_CONSOLE_OUTPUT", _optional_text, None)
+    log_format: str = _env("LOG_FORMAT", _choice("text", "json"), "text")
+    log_level: str = _env("LOG_LEVEL", lambda raw: raw.strip().upper(), "INFO")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = env.get(name)
+            if raw is None or not raw.strip():
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                shown = "(hidden)" if f.metadata["secret"] else repr(raw)
+                reason = str(exc) if not f.metadata["secret"] else "invalid value"
+                raise ConfigError(f"{name}={shown}: {reason}") from None
+        return cls(**values)
+
+    @property
+    def broker_url(self) -> str:
+        """``CELERY_BROKER_URL``, else ``REDIS_URL``, else built from the ``REDIS_*`` parts."""
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        return self.redis_connection_url
+
+    @property
+    def redis_connection_url(self) -> str:
+        """The Redis used for shared state (rate limits), whatever the broker is."""
+        if self.redis_url:
+            return self.redis_url
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings.from_env()
