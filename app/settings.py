@@ -151,6 +151,10 @@ class Settings:
     twilio_timeout_seconds: float = _env("TWILIO_TIMEOUT_SECONDS", _positive_float, 10.0)
     webhook_base_url: str | None = _env("WEBHOOK_BASE_URL", _optional_text, None)
     console_output: str | None = _env("SMS_CONSOLE_OUTPUT", _optional_text, None)
+    # Touched by the worker on each heartbeat and by beat on each tick; the container health
+    # checks test their age instead of a broker round-trip.
+    worker_heartbeat_file: str | None = _env("WORKER_HEARTBEAT_FILE", _optional_text, None)
+    beat_heartbeat_file: str | None = _env("BEAT_HEARTBEAT_FILE", _optional_text, None)
     log_format: str = _env("LOG_FORMAT", _choice("text", "json"), "text")
     log_level: str = _env("LOG_LEVEL", lambda raw: raw.strip().upper(), "INFO")
 
