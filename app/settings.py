@@ -25,7 +25,9 @@ def parse_lead_days(raw: str) -> tuple[int, ...]:
     try:
         values = {int(part) for part in raw.split(",") if part.strip()}
     except ValueError:
-        raise ValueError(f"expected comma-separated whole numbers like 5,3,1, got {raw!r}") from None
+        raise ValueError(
+            f"expected comma-separated whole numbers like 5,3,1, got {raw!r}"
+        ) from None
     if not values:
         raise ValueError("expected at least one lead day, like 5,3,1")
     if any(v < 0 or v > 365 for v in values):

@@ -23,7 +23,9 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(f"unknown time zone {name!r}; use an IANA name like Europe/Paris") from None
+        raise ValidationError(
+            f"unknown time zone {name!r}; use an IANA name like Europe/Paris"
+        ) from None
 
 
 def local_now(now: datetime, tz: str) -> datetime:
@@ -109,8 +111,8 @@ def send_time_instant(day: date, tz: str, send_time: time) -> datetime:
 
 def retry_delay(attempt: int, base_seconds: float, *, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter; the provider's Retry-After is a floor."""
-    ceiling = base_seconds * (2 ** max(0, attempt - 1))
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    ceiling = base_seconds * float(2 ** max(0, attempt - 1))
+    delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay

@@ -43,6 +43,8 @@ def count_segments(body: str) -> SegmentInfo:
     if chars <= GSM7_BASIC | GSM7_EXTENSION:
         septets = len(body) + sum(1 for ch in body if ch in GSM7_EXTENSION)
         return SegmentInfo(GSM7, septets, _split(septets, 160, 153))
-    offending = tuple(dict.fromkeys(ch for ch in body if ch not in GSM7_BASIC and ch not in GSM7_EXTENSION))
+    offending = tuple(
+        dict.fromkeys(ch for ch in body if ch not in GSM7_BASIC and ch not in GSM7_EXTENSION)
+    )
     units = len(body.encode("utf-16-le")) // 2
     return SegmentInfo(UCS2, units, _split(units, 70, 67), offending)

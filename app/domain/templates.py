@@ -15,7 +15,8 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, nodes
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 from app.domain.segments import SegmentInfo, count_segments
 from app.errors import ValidationError
@@ -24,9 +25,7 @@ MAX_BODY_CHARS = 1600
 MAX_SOURCE_CHARS = 4000
 MAX_LOOP_DEPTH = 2
 MAX_RANGE = 100
-VARIABLES = frozenset(
-    {"customer", "organization", "subscription", "days_left", "lead_days"}
-)
+VARIABLES = frozenset({"customer", "organization", "subscription", "days_left", "lead_days"})
 
 DEFAULT_TEMPLATE = (
     "Hi {{ customer.name }}, your {{ organization.name }} {{ subscription.plan }} plan "
@@ -67,9 +66,9 @@ def _capped_range(*args: int) -> range:
 
 def _capped_mul(left: Any, right: Any) -> Any:
     for seq, count in ((left, right), (right, left)):
-        if isinstance(seq, str | list | tuple) and isinstance(count, int):
-            if len(seq) * count > MAX_BODY_CHARS:
-                raise SecurityError("repeating text beyond the message size is not allowed")
+        sized = isinstance(seq, str | list | tuple) and isinstance(count, int)
+        if sized and len(seq) * count > MAX_BODY_CHARS:
+            raise SecurityError("repeating text beyond the message size is not allowed")
     return operator.mul(left, right)
 
 
@@ -108,7 +107,9 @@ def _loop_depth(node: nodes.Node, depth: int = 0) -> int:
 def compile_template(source: str) -> Any:
     """Parse and compile once per distinct source (cached); raise TemplateProblem if invalid."""
     if len(source) > MAX_SOURCE_CHARS:
-        raise TemplateProblem(f"template is {len(source)} characters; the limit is {MAX_SOURCE_CHARS}")
+        raise TemplateProblem(
+            f"template is {len(source)} characters; the limit is {MAX_SOURCE_CHARS}"
+        )
     try:
         ast = ENV.parse(source)
     except TemplateError as exc:
@@ -154,9 +155,7 @@ def render(
         ):
             size += len(chunk)
             if size > MAX_BODY_CHARS:
-                raise TemplateProblem(
-                    f"rendered text is longer than {MAX_BODY_CHARS} characters"
-                )
+                raise TemplateProblem(f"rendered text is longer than {MAX_BODY_CHARS} characters")
             chunks.append(chunk)
     except TemplateProblem:
         raise
@@ -212,10 +211,14 @@ def sample_render(
     return Preview(body=body, length=len(body), segments=info)
 
 
-def validate_template(source: str, *, organization_name: str, lead_days: list[int], max_segments: int) -> list[Preview]:
+def validate_template(
+    source: str, *, organization_name: str, lead_days: list[int], max_segments: int
+) -> list[Preview]:
     """Every check a save makes: syntax, variables, sandbox, size, segments, for each lead day."""
     compile_template(source)
     return [
-        sample_render(source, organization_name=organization_name, lead_days=lead, max_segments=max_segments)
+        sample_render(
+            source, organization_name=organization_name, lead_days=lead, max_segments=max_segments
+        )
         for lead in lead_days
     ]

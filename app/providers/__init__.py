@@ -42,5 +42,6 @@ def build_provider(settings: Settings) -> SmsProvider:
     if settings.sms_provider == "twilio":
         from app.providers.twilio import TwilioProvider
 
-        return TwilioProvider(settings)
+        provider: SmsProvider = TwilioProvider(settings)
+        return provider
     raise ConfigError(f"SMS_PROVIDER={settings.sms_provider!r}: expected console or twilio")
