@@ -1,0 +1,402 @@
+"""A local stand-in for Twilio's Messages API: a real HTTP server on 127.0.0.1.
+
+It speaks just enough of ``/2010-04-01/Accounts/{sid}/Messages.json`` (create and list) for the
+adapter, the tests and the benchmark: it checks the account path and basic auth, reads the form
+fields Twilio reads, and answers with Twilio-shaped JSON, including error bodies
+``{"code", "message", "more_info", "status"}``. Behaviour is configurable per recipient number
+(error codes, 429 with ``Retry-After``, slow answers, dropped connections) and globally (a fixed
+delay, a full outage then recovery). Accepted messages are recorded.
+
+Standalone, for the benchmark::
+
+    python -m tests.twilio_fake --port 4010 --delay-ms 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
+DEFAULT_AUTH_TOKEN = "fake-auth-token-0123456789abcdef"
+API_PREFIX = "/2010-04-01/Accounts/"
+
+
+@dataclass
+class Behaviour:
+    """What the fake does with a send to one number (``times=None``: every time)."""
+
+    status: int = 201
+    code: int | None = None
+    message: str = ""
+    retry_after: str | None = None
+    delay: float = 0.0
+    # Read the request, then close the socket without answering (after recording, if ``accept``).
+    drop: bool = False
+    # Record the message even though the answer is an error, a drop or too slow to be read.
+    accept: bool = False
+    times: int | None = None
+
+
+@dataclass
+class Recorded:
+    sid: str
+    to: str
+    body: str
+    from_: str | None
+    messaging_service_sid: str | None
+    status_callback: str | None
+    date_created: datetime
+    status: str = "queued"
+    date_sent: datetime | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self, account_sid: str) -> dict[str, Any]:
+        return {
+            "account_sid": account_sid,
+            "api_version": "2010-04-01",
+            "body": self.body,
+            "date_created": format_datetime(self.date_created, usegmt=True),
+            "date_sent": format_datetime(self.date_sent, usegmt=True) if self.date_sent else None,
+            "date_updated": format_datetime(self.date_created, usegmt=True),
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": self.from_,
+            "messaging_service_sid": self.messaging_service_sid,
+            "num_media": "0",
+            "num_segments": "1",
+            "price": None,
+            "price_unit": "USD",
+            "sid": self.sid,
+            "status": self.status,
+            "subresource_uris": {},
+            "to": self.to,
+            "uri": f"{API_PREFIX}{account_sid}/Messages/{self.sid}.json",
+        }
+
+
+class FakeTwilio:
+    """Start with ``with FakeTwilio() as fake:``; ``fake.base_url`` goes in TWILIO_API_BASE_URL."""
+
+    def __init__(
+        self,
+        *,
+        account_sid: str = DEFAULT_ACCOUNT_SID,
+        auth_token: str = DEFAULT_AUTH_TOKEN,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        delay: float = 0.0,
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.delay = delay
+        self.messages: list[Recorded] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._by_number: dict[str, Behaviour] = {}
+        self._outage: Behaviour | None = None
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeTwilio:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeTwilio:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # -- configuration ----------------------------------------------------------------------
+    def behave(self, number: str, behaviour: Behaviour) -> None:
+        with self._lock:
+            self._by_number[number] = behaviour
+
+    def fail(self, number: str, code: int, *, status: int = 400, message: str = "") -> None:
+        self.behave(number, Behaviour(status=status, code=code, message=message or f"Error {code}"))
+
+    def outage(self, *, status: int = 503, retry_after: str | None = None) -> None:
+        """Every create answers ``status`` until :meth:`recover`."""
+        with self._lock:
+            self._outage = Behaviour(
+                status=status,
+                code=20500 if status >= 500 else None,
+                message="Service unavailable",
+                retry_after=retry_after,
+            )
+
+    def recover(self) -> None:
+        with self._lock:
+            self._outage = None
+
+    def add_message(
+        self,
+        to: str,
+        body: str,
+        *,
+        from_: str | None = None,
+        created: datetime | None = None,
+        status: str = "sent",
+    ) -> Recorded:
+        """Put a message in the account as if it had been sent earlier (for reconciliation)."""
+        created = created or datetime.now(UTC)
+        rec = Recorded(
+            sid=_new_sid(),
+            to=to,
+            body=body,
+            from_=from_,
+            messaging_service_sid=None,
+            status_callback=None,
+            date_created=created,
+            status=status,
+            date_sent=created if status != "queued" else None,
+        )
+        with self._lock:
+            self.messages.append(rec)
+        return rec
+
+    def sent_to(self, number: str) -> list[Recorded]:
+        with self._lock:
+            return [m for m in self.messages if m.to == number]
+
+    # -- request handling (called on the server's threads) ----------------------------------
+    def _behaviour_for(self, to: str) -> Behaviour | None:
+        with self._lock:
+            if self._outage is not None:
+                return self._outage
+            found = self._by_number.get(to)
+            if found is None:
+                return None
+            if found.times is not None:
+                if found.times <= 0:
+                    return None
+                found.times -= 1
+            return found
+
+    def _record(self, form: dict[str, str]) -> Recorded:
+        now = datetime.now(UTC)
+        rec = Recorded(
+            sid=_new_sid(),
+            to=form["To"],
+            body=form["Body"],
+            from_=form.get("From"),
+            messaging_service_sid=form.get("MessagingServiceSid"),
+            status_callback=form.get("StatusCallback"),
+            date_created=now,
+            status="accepted" if form.get("MessagingServiceSid") else "queued",
+        )
+        with self._lock:
+            self.messages.append(rec)
+        return rec
+
+    def _list(self, query: dict[str, str]) -> tuple[list[Recorded], int, int]:
+        page = int(query.get("Page", "0"))
+        size = min(int(query.get("PageSize", "50")), 1000)
+        with self._lock:
+            found = [m for m in self.messages if _matches(m, query)]
+        found.sort(key=lambda m: m.date_created, reverse=True)
+        return found[page * size : (page + 1) * size], page, size
+
+
+def _new_sid() -> str:
+    return "SM" + uuid.uuid4().hex
+
+
+def _date_of(value: str) -> str:
+    # The API takes YYYY-MM-DD; the helper library sends a full ISO timestamp.
+    return value.strip()[:10]
+
+
+def _matches(m: Recorded, query: dict[str, str]) -> bool:
+    if "To" in query and m.to != query["To"]:
+        return False
+    if "From" in query and m.from_ != query["From"]:
+        return False
+    sent = m.date_sent.date().isoformat() if m.date_sent else None
+    for key, test in (
+        ("DateSent", lambda s, d: s == d),
+        ("DateSent>", lambda s, d: s >= d),
+        ("DateSent<", lambda s, d: s <= d),
+    ):
+        if key in query:
+            wanted = _date_of(query[key].lstrip("<>="))
+            if sent is None or not test(sent, wanted):
+                return False
+    return True
+
+
+def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the real API
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _send_json(
+            self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(
+            self, status: int, code: int | None, message: str, headers: dict[str, str] | None = None
+        ) -> None:
+            self._send_json(
+                status,
+                {
+                    "code": code,
+                    "message": message,
+                    "more_info": f"https://www.twilio.com/docs/errors/{code}" if code else None,
+                    "status": status,
+                },
+                headers,
+            )
+
+        def _authorized(self) -> bool:
+            path = urlsplit(self.path).path
+            expected_path = f"{API_PREFIX}{fake.account_sid}/Messages.json"
+            if path != expected_path:
+                self._error(404, 20404, f"The requested resource {path} was not found")
+                return False
+            auth = self.headers.get("Authorization", "")
+            token = base64.b64encode(f"{fake.account_sid}:{fake.auth_token}".encode()).decode()
+            if auth != f"Basic {token}":
+                self._error(401, 20003, "Authenticate")
+                return False
+            return True
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            raw = self.rfile.read(length).decode()
+            form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+            with fake._lock:
+                fake.requests.append(("POST", self.path, form))
+            if fake.delay:
+                time.sleep(fake.delay)
+            if not self._authorized():
+                return
+            if not form.get("To"):
+                return self._error(400, 21604, "A 'To' phone number is required.")
+            if not form.get("Body"):
+                return self._error(400, 21602, "Message body is required.")
+            if not form.get("From") and not form.get("MessagingServiceSid"):
+                return self._error(400, 21603, "A 'From' or 'MessagingServiceSid' is required.")
+            behaviour = fake._behaviour_for(form["To"])
+            if behaviour is None:
+                rec = fake._record(form)
+                return self._send_json(201, rec.as_json(fake.account_sid))
+            if behaviour.accept:
+                fake._record(form)
+            if behaviour.delay:
+                time.sleep(behaviour.delay)
+            if behaviour.drop:
+                self.close_connection = True
+                self.connection.close()
+                return None
+            if behaviour.status < 300:
+                rec = fake._record(form)
+                return self._send_json(behaviour.status, rec.as_json(fake.account_sid))
+            headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else None
+            return self._error(behaviour.status, behaviour.code, behaviour.message, headers)
+
+        def do_GET(self) -> None:
+            split = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+            with fake._lock:
+                fake.requests.append(("GET", self.path, query))
+            if fake.delay:
+                time.sleep(fake.delay)
+            if not self._authorized():
+                return
+            found, page, size = fake._list(query)
+            has_next = len(fake._list({**query, "Page": str(page + 1)})[0]) > 0
+            base = split.path
+            next_query = urlencode({**query, "Page": str(page + 1), "PageSize": str(size)})
+            self._send_json(
+                200,
+                {
+                    "messages": [m.as_json(fake.account_sid) for m in found],
+                    "page": page,
+                    "page_size": size,
+                    "start": page * size,
+                    "end": page * size + len(found) - 1 if found else page * size,
+                    "uri": self.path,
+                    "first_page_uri": f"{base}?{urlencode({**query, 'Page': '0'})}",
+                    "next_page_uri": f"{base}?{next_query}" if has_next else None,
+                    "previous_page_uri": None,
+                },
+            )
+
+    return Handler
+
+
+def parse_date(value: str) -> datetime:
+    """Twilio's RFC 2822 dates, for tests reading the fake's JSON directly."""
+    return parsedate_to_datetime(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Local fake of Twilio's Messages API")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4010)
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="answer every request after this"
+    )
+    parser.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID)
+    parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
+    args = parser.parse_args()
+    if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
+        parser.error("the fake only listens on the loopback interface")
+    fake = FakeTwilio(
+        account_sid=args.account_sid,
+        auth_token=args.auth_token,
+        host=args.host,
+        port=args.port,
+        delay=args.delay_ms / 1000.0,
+    )
+    print(f"fake Twilio listening on {fake.base_url} (account {fake.account_sid})", flush=True)
+    try:
+        fake._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake._server.server_close()
+        print(f"accepted {len(fake.messages)} messages", flush=True)
+
+
+if __name__ == "__main__":
+    main()
