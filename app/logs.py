@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
 
 from app.settings import Settings
 
@@ -32,9 +33,9 @@ def formatter(settings: Settings) -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT)
 
 
-def configure_logging(settings: Settings, *, stream: object = None) -> None:
+def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
     """Route the application's loggers to stdout (the container log) in the chosen format."""
-    handler = logging.StreamHandler(stream or sys.stdout)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter(settings))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -21,6 +21,7 @@ from app.db.models import (
     Organization,
     Reminder,
     Subscription,
+    UTCDateTime,
 )
 
 # Orgs per planning statement: keeps the VALUES list well under every driver's parameter limit.
@@ -65,7 +66,10 @@ def plan_rows(conn: Connection, org_days: Sequence[OrgDay], *, now: datetime) ->
                 )
         if not rows:
             continue
-        result = conn.execute(text(_plan_sql(conn.dialect.name, ",".join(rows))), params)
+        stmt = text(_plan_sql(conn.dialect.name, ",".join(rows))).bindparams(
+            bindparam("now", type_=UTCDateTime())
+        )
+        result = conn.execute(stmt, params)
         inserted += max(result.rowcount or 0, 0)
     return inserted
 
@@ -74,10 +78,10 @@ def _plan_sql(dialect: str, values: str) -> str:
     cast_date = "CAST({} AS DATE)" if dialect == "postgresql" else "{}"
     cast_int = "CAST({} AS BIGINT)" if dialect == "postgresql" else "{}"
     return f"""
-WITH m(org_id, local_date, days_left, lead_days, expires_on) AS (VALUES {values})
 INSERT INTO reminders (org_id, subscription_id, customer_id, expires_on, lead_days, local_date,
                        days_left, phone, sender, status, reason, attempts, next_attempt_at,
                        created_at, updated_at)
+WITH m(org_id, local_date, days_left, lead_days, expires_on) AS (VALUES {values})
 SELECT s.org_id, s.id, s.customer_id, s.expires_on, {cast_int.format("m.lead_days")},
        {cast_date.format("m.local_date")}, {cast_int.format("m.days_left")},
        COALESCE(c.phone_e164, c.phone), o.sender,
@@ -190,7 +194,7 @@ def _store_bodies_copy(conn: Connection, rendered: list[dict[str, Any]], *, now:
         text(
             "UPDATE reminders r SET body = b.body, segments = b.segments, encoding = b.encoding, "
             "updated_at = :now FROM _bodies b WHERE r.id = b.id AND r.body IS NULL"
-        ),
+        ).bindparams(bindparam("now", type_=UTCDateTime())),
         {"now": now},
     )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
 from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.orm import Session
 
 from app.db import ledger
 from app.db.models import DEFAULT_TEMPLATE_LEAD, Organization, Reminder, Template
@@ -61,7 +62,7 @@ def load_orgs(conn: Connection, org_ids: Iterable[int] | None = None) -> dict[in
     if org_ids is not None:
         stmt = stmt.where(Organization.id.in_(list(org_ids)))
     orgs = {}
-    for (o,) in conn.execute(stmt):
+    for o in Session(bind=conn).scalars(stmt):
         orgs[o.id] = OrgConfig(
             id=o.id,
             slug=o.slug,

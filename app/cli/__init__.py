@@ -1,0 +1,73 @@
+"""The ``reminders`` command line: thin wrappers that call the services.
+
+Every failure the user can fix prints one line, ``error: …``, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+from sqlalchemy.exc import DBAPIError
+
+from app.errors import ReminderError
+from app.settings import get_settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Scheduled SMS reminders for expiring subscriptions."""
+
+
+def _register() -> None:
+    from app.cli import run_commands, setup_commands
+
+    for module in (setup_commands, run_commands):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+    try:
+        from app.cli import twilio_commands
+    except ImportError:  # pragma: no cover - only while that module is being built
+        return
+    for command in twilio_commands.COMMANDS:
+        cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point: one-line errors, meaningful exit codes."""
+    try:
+        get_settings()  # a bad setting stops every command with the variable's name
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.UsageError as exc:
+        hint = (
+            f" (see `reminders {exc.ctx.command_path.split(' ', 1)[-1]} --help`)" if exc.ctx else ""
+        )
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return 2
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except ReminderError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except DBAPIError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        click.echo(
+            f"error: database: {first} (is DATABASE_URL right, and `reminders db upgrade` run?)",
+            err=True,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""What every command shares: settings, the engine, the clock, the provider, JSON output."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from app.db.session import get_engine
+from app.domain.planning import utcnow
+from app.logs import configure_logging
+from app.providers import build_provider, check_provider_settings
+from app.services.engine import Sender
+from app.services.ratelimit import LocalRateLimiter
+from app.settings import Settings, get_settings
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def engine() -> Engine:
+    return get_engine(settings().database_url)
+
+
+def now() -> datetime:
+    return utcnow()
+
+
+def make_sender() -> Sender:
+    """A provider and sender for this process; refuses to start on missing provider settings."""
+    s = settings()
+    check_provider_settings(s)
+    configure_logging(s, stream=click.get_text_stream("stderr"))
+    return Sender(
+        engine=engine(), provider=build_provider(s), settings=s, limiter=LocalRateLimiter()
+    )
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def parse_date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date like 2030-01-31") from None

@@ -1,0 +1,135 @@
+"""Running and watching: the manual trigger, status counts, the ledger's rows."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import click
+
+from app.cli.common import echo_json, engine, make_sender, now, parse_date
+from app.db.models import STATUSES
+from app.errors import ValidationError
+from app.services import runner
+
+
+@click.command("run")
+@click.option("--date", "on_date", callback=parse_date, help="Act as if today is YYYY-MM-DD.")
+@click.option("--org", "orgs", multiple=True, help="Only this organization (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print what would go out; write nothing.")
+@click.option("--ignore-window", is_flag=True, help="Send even outside the send window.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--enqueue", is_flag=True, help="Hand the day to the Celery workers instead.")
+@click.option("--wait", is_flag=True, help="With --enqueue: wait for the day's sends to finish.")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds for --wait.")
+def run_cmd(
+    on_date: date | None = None,
+    orgs: tuple[str, ...] = (),
+    dry_run: bool = False,
+    ignore_window: bool = False,
+    as_json: bool = False,
+    enqueue: bool = False,
+    wait: bool = False,
+    timeout: float = 600.0,
+) -> None:
+    """Plan today's reminders and send what is due (the manual trigger)."""
+    if wait and not enqueue:
+        raise ValidationError("--wait goes with --enqueue")
+    if enqueue and dry_run:
+        raise ValidationError("--dry-run cannot be combined with --enqueue")
+    if enqueue:
+        _enqueue(on_date, list(orgs), wait=wait, timeout=timeout, as_json=as_json)
+        return
+    if dry_run:
+        summary = runner.dry_run(
+            engine(), now=now(), slugs=orgs, on_date=on_date, ignore_window=ignore_window
+        )
+        if as_json:
+            echo_json({**summary.as_dict(), "dry_run": True, "would_send": summary.would_send})
+            return
+        for item in summary.would_send:
+            state = "HOLD (outside window)" if item["held"] else "SEND"
+            click.echo(
+                f"{state} {item['org']} {item['phone']} [{item['lead_days']}d]: {item['body']}"
+            )
+        click.echo(
+            f"dry run: {summary.plan.planned} would be planned, {len(summary.would_send)} "
+            "due; nothing was written"
+        )
+        return
+    sender = make_sender()
+    try:
+        summary = runner.run_day(
+            engine(), sender, slugs=orgs, on_date=on_date, ignore_window=ignore_window
+        )
+    finally:
+        sender.close()
+    result = summary.as_dict()
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(
+        "planned {planned}, sent {sent}, failed {failed}, skipped {skipped}, "
+        "held {held}, retrying {retrying}, unknown {unknown}".format(**result)
+    )
+
+
+def _enqueue(
+    on_date: date | None, orgs: list[str], *, wait: bool, timeout: float, as_json: bool
+) -> None:
+    from app.tasks.client import enqueue_day, wait_day
+
+    runner.resolve_orgs(engine(), orgs)  # an unknown slug fails here, before the broker
+    task_id = enqueue_day(on_date=on_date, org_slugs=orgs)
+    if not wait:
+        if as_json:
+            echo_json({"task_id": task_id})
+        else:
+            click.echo(f"enqueued: task {task_id}")
+        return
+    counts = wait_day(task_id, on_date=on_date, org_slugs=orgs, timeout=timeout)
+    if as_json:
+        echo_json({"task_id": task_id, **counts})
+    else:
+        click.echo(f"task {task_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@click.command("status")
+@click.option("--date", "on_date", callback=parse_date, help="Only rows planned for this day.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_cmd(on_date: date | None, as_json: bool) -> None:
+    """Ledger counts per organization and status."""
+    counts = runner.status_counts(engine(), on_date=on_date)
+    if as_json:
+        echo_json(counts)
+        return
+    for slug, by_status in counts.items():
+        line = ", ".join(f"{s} {by_status[s]}" for s in STATUSES if s in by_status)
+        click.echo(f"{slug:<16} {line or 'no reminders'}")
+
+
+@click.command("messages")
+@click.option("--date", "on_date", callback=parse_date, help="Only rows planned for this day.")
+@click.option("--org", "slug", help="Only this organization.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only rows in this status.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of rows).")
+def messages_cmd(
+    on_date: date | None, slug: str | None, status: str | None, limit: int | None, as_json: bool
+) -> None:
+    """The ledger's rows: who, what, and what happened."""
+    if slug is not None:
+        runner.resolve_orgs(engine(), [slug])
+    rows = runner.messages(engine(), on_date=on_date, slug=slug, status=status, limit=limit)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        why = f" ({r['reason']})" if r["reason"] else ""
+        click.echo(
+            f"{r['id']:>6} {r['org']:<12} {r['local_date']} {r['customer_id']:<10} "
+            f"{r['phone'] or '-':<16} lead {r['lead_days']} left {r['days_left']} "
+            f"{r['status']}{why}: {r['body'] or ''}"
+        )
+
+
+COMMANDS = [run_cmd, status_cmd, messages_cmd]
