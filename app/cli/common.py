@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import date, datetime
 from typing import Any
 
@@ -34,7 +35,7 @@ def make_sender() -> Sender:
     """A provider and sender for this process; refuses to start on missing provider settings."""
     s = settings()
     check_provider_settings(s)
-    configure_logging(s, stream=click.get_text_stream("stderr"))
+    configure_logging(s, stream=sys.stderr)
     return Sender(
         engine=engine(), provider=build_provider(s), settings=s, limiter=LocalRateLimiter()
     )
