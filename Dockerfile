@@ -36,6 +36,7 @@ RUN pip install --no-deps --no-index /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY docker/entrypoint.sh /usr/local/bin/docker-entrypoint
 COPY docker/healthcheck.sh /usr/local/bin/docker-healthcheck
 COPY docker/migrate.sh /usr/local/bin/docker-migrate
+COPY docker/flower.sh /usr/local/bin/docker-flower
 WORKDIR /home/app
 USER 1000:1000
 # The worker touches its heartbeat file every ~2 s; compose overrides this for beat and webhook.
