@@ -1,0 +1,228 @@
+"""The webhook service over real HTTP, with signatures from the twilio package's validator."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import requests
+from freezegun import freeze_time
+from sqlalchemy import Engine, select
+from twilio.request_validator import RequestValidator
+
+from app.db.models import OptOut
+from app.errors import ConfigError
+from app.settings import Settings
+from app.webhook.server import make_webhook_server
+from tests.ledger_rows import get_row, make_org, make_row
+
+TOKEN = "webhook-test-token-0123456789"
+PUBLIC = "https://hooks.example.org"
+OUR_NUMBER = "+15005550006"
+SERVICE = "MG" + "3" * 32
+CUSTOMER = "+14155552671"
+SID = "SM" + "a" * 32
+
+
+def webhook_settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "sms_provider": "twilio",
+        "twilio_account_sid": "AC" + "0" * 32,
+        "twilio_auth_token": TOKEN,
+        "twilio_from_number": OUR_NUMBER,
+        "twilio_messaging_service_sid": SERVICE,
+        "webhook_base_url": PUBLIC + "/",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+class Client:
+    """Posts like Twilio does: form-encoded, signed over the public URL."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.validator = RequestValidator(TOKEN)
+
+    def post(
+        self, path: str, form: dict[str, str], *, signature: str | None = None, query: str = ""
+    ) -> requests.Response:
+        public = PUBLIC + path + (f"?{query}" if query else "")
+        sig = self.validator.compute_signature(public, form) if signature is None else signature
+        url = self.base + path + (f"?{query}" if query else "")
+        return self.session.post(url, data=form, headers={"X-Twilio-Signature": sig}, timeout=5)
+
+    def status(self, status: str, *, sid: str = SID, code: str | None = None) -> requests.Response:
+        form = {"MessageSid": sid, "MessageStatus": status, "AccountSid": "AC" + "0" * 32}
+        if code:
+            form["ErrorCode"] = code
+        return self.post("/twilio/status", form)
+
+    def inbound(self, body: str, *, to: str = OUR_NUMBER, **extra: str) -> requests.Response:
+        form = {"From": CUSTOMER, "To": to, "Body": body, "MessageSid": "SM" + "b" * 32, **extra}
+        return self.post("/twilio/inbound", form)
+
+
+@pytest.fixture
+def client(engine: Engine) -> Iterator[Client]:
+    server = make_webhook_server("127.0.0.1", 0, settings=webhook_settings(), engine=engine)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    c = Client(f"http://127.0.0.1:{server.server_port}")
+    try:
+        yield c
+    finally:
+        c.session.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def opted_out(engine: Engine) -> set[tuple[int, str, str]]:
+    with engine.connect() as conn:
+        return {
+            (o, p, s)
+            for o, p, s in conn.execute(select(OptOut.org_id, OptOut.phone_e164, OptOut.source))
+        }
+
+
+def test_healthz(client: Client) -> None:
+    response = client.session.get(client.base + "/healthz", timeout=5)
+    assert (response.status_code, response.text) == (200, "ok")
+
+
+def test_refuses_to_start_without_token_or_public_url(engine: Engine) -> None:
+    with pytest.raises(ConfigError, match="WEBHOOK_BASE_URL"):
+        make_webhook_server("127.0.0.1", 0, settings=Settings(twilio_auth_token="x"), engine=engine)
+
+
+def test_valid_status_callback_updates_the_row(engine: Engine, client: Client) -> None:
+    org = make_org(engine)
+    rid = make_row(engine, org, status="sent", provider_message_id=SID)
+
+    with freeze_time("2030-01-02 03:04:05"):
+        assert client.status("delivered").status_code == 204
+
+    row = get_row(engine, rid)
+    assert row.delivery_status == "delivered" and row.status == "sent"
+    assert row.updated_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_failed_delivery_keeps_the_error_code(engine: Engine, client: Client) -> None:
+    org = make_org(engine)
+    rid = make_row(engine, org, status="sent", provider_message_id=SID)
+    client.status("sent")
+    client.status("undelivered", code="30003")
+    row = get_row(engine, rid)
+    assert (row.delivery_status, row.error_code) == ("undelivered", "30003")
+
+
+def test_late_and_repeated_callbacks_never_move_backwards(engine: Engine, client: Client) -> None:
+    org = make_org(engine)
+    rid = make_row(engine, org, status="sent", provider_message_id=SID)
+    for status in ("queued", "delivered", "sent", "sending", "queued", "undelivered", "delivered"):
+        assert client.status(status).status_code == 204
+    assert get_row(engine, rid).delivery_status == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("signature", "query"),
+    [("", ""), ("forged", ""), (None, "extra=1")],
+    ids=["missing", "forged", "signed-for-another-url"],
+)
+def test_bad_signatures_get_403_and_change_nothing(
+    engine: Engine, client: Client, signature: str | None, query: str
+) -> None:
+    org = make_org(engine)
+    rid = make_row(engine, org, status="sent", provider_message_id=SID)
+    form = {"MessageSid": SID, "MessageStatus": "delivered"}
+    if signature is None:
+        # A real signature, but over a different URL than the one requested.
+        signature = client.validator.compute_signature(PUBLIC + "/twilio/status", form)
+    response = client.post("/twilio/status", form, signature=signature, query=query)
+    assert response.status_code == 403
+    assert get_row(engine, rid).delivery_status is None
+
+    stop = {"From": CUSTOMER, "To": OUR_NUMBER, "Body": "STOP"}
+    assert client.post("/twilio/inbound", stop, signature="forged").status_code == 403
+    assert opted_out(engine) == set()
+
+
+def test_signed_url_with_query_string_is_accepted(engine: Engine, client: Client) -> None:
+    org = make_org(engine)
+    rid = make_row(engine, org, status="sent", provider_message_id=SID)
+    form = {"MessageSid": SID, "MessageStatus": "sent"}
+    assert client.post("/twilio/status", form, query="org=acme").status_code == 204
+    assert get_row(engine, rid).delivery_status == "sent"
+
+
+def test_unknown_sid_is_accepted_and_ignored(client: Client) -> None:
+    assert client.status("delivered", sid="SM" + "f" * 32).status_code == 204
+
+
+def test_stop_and_start_round_trip_for_orgs_on_the_default_number(
+    engine: Engine, client: Client
+) -> None:
+    default_a = make_org(engine)
+    default_b = make_org(engine)
+    own_number = make_org(engine, sender="+15005550999")
+
+    response = client.inbound(" stop ")
+    assert response.status_code == 200 and b"<Response>" in response.content
+    assert opted_out(engine) == {
+        (default_a, CUSTOMER, "inbound"),
+        (default_b, CUSTOMER, "inbound"),
+    }
+    client.inbound("STOP")  # repeated: still one row per organization
+    assert len(opted_out(engine)) == 2
+
+    client.inbound("Start")
+    assert opted_out(engine) == set()
+    assert own_number  # never touched: it texts from another number
+
+
+@pytest.mark.parametrize(
+    "word", ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"]
+)
+def test_every_stop_keyword(engine: Engine, client: Client, word: str) -> None:
+    org = make_org(engine, sender="+15005550999")
+    client.inbound(word.lower() + "!", to="+15005550999")
+    assert opted_out(engine) == {(org, CUSTOMER, "inbound")}
+    client.inbound("UNSTOP", to="+15005550999")
+    assert opted_out(engine) == set()
+
+
+def test_stop_through_a_messaging_service(engine: Engine, client: Client) -> None:
+    own_service = "MG" + "4" * 32
+    org = make_org(engine, sender=own_service)
+    make_org(engine)  # uses the default sender: a different number
+    client.inbound("STOP", to="+15005550777", MessagingServiceSid=own_service)
+    assert opted_out(engine) == {(org, CUSTOMER, "inbound")}
+
+
+def test_other_words_change_nothing(engine: Engine, client: Client) -> None:
+    make_org(engine)
+    assert client.inbound("please stop texting me at night").status_code == 200
+    assert opted_out(engine) == set()
+
+
+def test_start_does_not_lift_an_operators_opt_out(engine: Engine, client: Client) -> None:
+    org = make_org(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            OptOut.__table__.insert().values(
+                org_id=org, phone_e164=CUSTOMER, source="cli", created_at=datetime.now(UTC)
+            )
+        )
+    client.inbound("START")
+    assert opted_out(engine) == {(org, CUSTOMER, "cli")}
+
+
+def test_wrong_method_and_path(client: Client) -> None:
+    assert client.session.get(client.base + "/twilio/status", timeout=5).status_code == 405
+    assert client.session.get(client.base + "/nope", timeout=5).status_code == 404
