@@ -1,0 +1,67 @@
+"""Twilio's side of the service: the callback webhook and reconciliation of unknown outcomes."""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+
+import click
+
+from app.cli.common import echo_json, engine, now, parse_date, settings
+from app.logs import configure_logging
+from app.providers import build_provider, check_provider_settings
+from app.services.reconcile import DEFAULT_SAFE_DELAY_SECONDS, reconcile
+
+
+@click.command("webhook")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+def webhook_cmd(host: str, port: int) -> None:
+    """Serve Twilio's status callbacks and incoming texts (STOP/START)."""
+    from app.webhook.server import check_webhook_settings, serve
+
+    s = settings()
+    check_webhook_settings(s)  # one line naming what is missing, before binding the port
+    configure_logging(s, stream=sys.stderr)
+    serve(host, port, settings=s)
+
+
+@click.command("reconcile")
+@click.option("--since", callback=parse_date, help="Only rows planned on or after YYYY-MM-DD.")
+@click.option(
+    "--safe-delay",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_SAFE_DELAY_SECONDS,
+    show_default=True,
+    help="Seconds after an attempt before a text missing at the provider counts as not sent.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def reconcile_cmd(since: date | None, safe_delay: float, as_json: bool) -> None:
+    """Settle texts whose outcome is unknown by asking the provider."""
+    s = settings()
+    check_provider_settings(s)
+    configure_logging(s, stream=sys.stderr)
+    provider = build_provider(s)
+    try:
+        report = reconcile(
+            engine(),
+            provider,
+            now=now(),
+            stale_sending_seconds=s.stale_sending_seconds,
+            since=since,
+            safe_delay_seconds=safe_delay,
+        )
+    finally:
+        close = getattr(provider, "close", None)
+        if close is not None:
+            close()
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    click.echo(
+        "checked {checked}: sent {sent}, back to pending {retried}, still waiting {waiting}, "
+        "provider errors {errors}".format(**report.as_dict())
+    )
+
+
+COMMANDS = [webhook_cmd, reconcile_cmd]
