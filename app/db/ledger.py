@@ -118,31 +118,38 @@ class RenderInput:
 def unrendered_rows(
     conn: Connection, org_ids: Iterable[int], *, chunk: int = 5000
 ) -> Iterator[list[RenderInput]]:
-    """Pending rows with no body yet, streamed in chunks so memory stays flat."""
-    stmt = (
-        select(
-            Reminder.id,
-            Reminder.org_id,
-            Reminder.lead_days,
-            Reminder.days_left,
-            Reminder.expires_on,
-            Customer.name,
-            Subscription.plan,
-            Subscription.amount,
-            Subscription.currency,
+    """Pending rows with no body yet, in id order, one keyset page at a time (flat memory)."""
+    ids = list(org_ids)
+    after = 0
+    while True:
+        stmt = (
+            select(
+                Reminder.id,
+                Reminder.org_id,
+                Reminder.lead_days,
+                Reminder.days_left,
+                Reminder.expires_on,
+                Customer.name,
+                Subscription.plan,
+                Subscription.amount,
+                Subscription.currency,
+            )
+            .join(Customer, Customer.id == Reminder.customer_id)
+            .join(Subscription, Subscription.id == Reminder.subscription_id)
+            .where(
+                Reminder.id > after,
+                Reminder.status == "pending",
+                Reminder.body.is_(None),
+                Reminder.org_id.in_(ids),
+            )
+            .order_by(Reminder.id)
+            .limit(chunk)
         )
-        .join(Customer, Customer.id == Reminder.customer_id)
-        .join(Subscription, Subscription.id == Reminder.subscription_id)
-        .where(
-            Reminder.status == "pending",
-            Reminder.body.is_(None),
-            Reminder.org_id.in_(list(org_ids)),
-        )
-        .order_by(Reminder.id)
-    )
-    result = conn.execution_options(stream_results=True, yield_per=chunk).execute(stmt)
-    for part in result.partitions(chunk):
-        yield [RenderInput(*row) for row in part]
+        page = [RenderInput(*row) for row in conn.execute(stmt)]
+        if not page:
+            return
+        yield page
+        after = page[-1].id
 
 
 def store_bodies(conn: Connection, rendered: list[dict[str, Any]], *, now: datetime) -> None:

@@ -45,10 +45,11 @@ def get_engine(url: str | None = None) -> Engine:
     return _engines[key][1]
 
 
-def dispose_engines() -> None:
-    """Close every pool (at shutdown, or in a child right after fork)."""
+def dispose_engines(*, close: bool = True) -> None:
+    """Drop every pool: at shutdown (close=True), or in a child right after fork (close=False,
+    so the parent's sockets are left alone)."""
     for _pid, engine in _engines.values():
-        engine.dispose(close=False)
+        engine.dispose(close=close)
     _engines.clear()
 
 

@@ -1,0 +1,317 @@
+"""The engine's promises, on SQLite and on real PostgreSQL: never twice, never missed, always
+true, right local day, never to the wrong person."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import Engine, delete, insert, update
+
+from app.db.models import Subscription, Template
+from app.domain.planning import utcnow
+from app.providers.base import PermanentError, TransientError, UnknownOutcomeError
+from app.services import runner
+from app.services.engine import Sender
+from tests.factories import (
+    RecordingProvider,
+    add_subscription,
+    ledger_rows,
+    make_org,
+    make_sender,
+)
+
+TODAY = date(2026, 6, 10)
+
+
+@pytest.fixture
+def provider() -> RecordingProvider:
+    return RecordingProvider()
+
+
+@pytest.fixture
+def sender(engine: Engine, provider: RecordingProvider) -> Iterator[Sender]:
+    s = make_sender(engine, provider, retry_backoff_seconds=60.0, max_attempts=3)
+    yield s
+    s.close()
+
+
+def run(engine: Engine, sender: Sender, **kw: object) -> dict[str, object]:
+    return runner.run_day(engine, sender, **kw).as_dict()  # type: ignore[arg-type]
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_due_reminders_go_out_once_and_a_rerun_sends_nothing(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    org = make_org(engine, now=utcnow())
+    for days in (5, 4, 3, 1, 0, 6, -1):
+        add_subscription(
+            engine,
+            org,
+            expires_on=TODAY + timedelta(days=days),
+            phone=f"+1202555{100 + days + 10:04d}",
+        )
+    first = run(engine, sender)
+    assert first["planned"] == 4 and first["sent"] == 4  # 5, 4 (catch-up of lead 5), 3, 1
+    assert sorted(r["lead_days"] for r in ledger_rows(engine)) == [1, 3, 5, 5]
+    second = run(engine, sender)
+    assert second["planned"] == 0 and second["sent"] == 0
+    assert len(provider.sent) == 4
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_body_says_the_real_days_left(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=4), name="Kim")
+    run(engine, sender)
+    (row,) = ledger_rows(engine)
+    assert row["lead_days"] == 5 and row["days_left"] == 4
+    assert "in 4 days" in str(row["body"]) and "Kim" in str(row["body"])
+    assert row["segments"] == 1 and row["encoding"] == "GSM-7"
+
+
+def test_catch_up_after_missed_days_sends_the_nearest_reminder_once(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    with freeze_time("2026-06-10 12:00:00"):
+        org = make_org(engine, now=utcnow())
+        add_subscription(engine, org, expires_on=TODAY + timedelta(days=5))
+        run(engine, sender)  # lead 5
+    # The service is down for days 4 and 3 left; it comes back with 2 days left.
+    with freeze_time("2026-06-13 12:00:00"):
+        result = run(engine, sender)
+        assert result["sent"] == 1
+    leads = [(r["lead_days"], r["days_left"], r["status"]) for r in ledger_rows(engine)]
+    assert leads == [(5, 5, "sent"), (3, 2, "sent")]
+    assert "in 2 days" in provider.sent[-1][1]
+    with freeze_time("2026-06-14 12:00:00"):
+        run(engine, sender)  # 1 day left: lead 1
+    with freeze_time("2026-06-15 12:00:00"):
+        assert run(engine, sender)["planned"] == 0  # expiry day: nothing (no lead 0)
+    with freeze_time("2026-06-16 12:00:00"):
+        assert run(engine, sender)["planned"] == 0  # expired: nothing
+    assert len(provider.sent) == 3
+
+
+def test_renewal_starts_a_fresh_cycle(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    with freeze_time("2026-06-10 12:00:00"):
+        org = make_org(engine, now=utcnow())
+        sub = add_subscription(engine, org, expires_on=TODAY + timedelta(days=3))
+        run(engine, sender)
+        with engine.begin() as conn:
+            conn.execute(
+                update(Subscription)
+                .where(Subscription.id == sub)
+                .values(expires_on=TODAY + timedelta(days=33))
+            )
+    with freeze_time("2026-07-08 12:00:00"):  # 5 days before the new expiry
+        assert run(engine, sender)["sent"] == 1
+    assert [r["expires_on"] for r in ledger_rows(engine)] == [
+        TODAY + timedelta(days=3),
+        TODAY + timedelta(days=33),
+    ]
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_opted_out_invalid_and_cancelled_get_no_text(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    from app.services.orgs import set_opt_out
+
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3), phone="+12025550111")
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3), phone="12345")
+    add_subscription(
+        engine, org, expires_on=TODAY + timedelta(days=3), phone="+12025550113", status="cancelled"
+    )
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3), phone="+12025550114")
+    with engine.begin() as conn:
+        set_opt_out(conn, "acme", "(202) 555-0111", opted_out=True, now=utcnow())
+    result = run(engine, sender)
+    assert result["sent"] == 1 and result["skipped"] == 2
+    reasons = sorted((r["status"], r["reason"]) for r in ledger_rows(engine))
+    assert reasons == [("sent", None), ("skipped", "invalid_phone"), ("skipped", "opted_out")]
+    assert [to for to, _, _ in provider.sent] == ["+12025550114"]
+
+
+def test_organizations_on_both_sides_of_utc_get_their_own_day(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    with freeze_time("2026-06-10 20:00:00"):  # 08:00 on June 11 in Auckland, 13:00 June 10 in LA
+        nz = make_org(engine, "kiwi", tz="Pacific/Auckland", now=utcnow())
+        la = make_org(engine, "west", tz="America/Los_Angeles", now=utcnow())
+        add_subscription(engine, nz, expires_on=date(2026, 6, 14), phone="+12025550121")
+        add_subscription(engine, la, expires_on=date(2026, 6, 14), phone="+12025550122")
+        summary = runner.run_day(engine, sender)
+    assert summary.dates == {"kiwi": "2026-06-11", "west": "2026-06-10"}
+    by_phone = {
+        r["phone"]: (r["local_date"], r["days_left"], r["lead_days"]) for r in ledger_rows(engine)
+    }
+    assert by_phone["+12025550121"] == (date(2026, 6, 11), 3, 3)
+    assert by_phone["+12025550122"] == (date(2026, 6, 10), 4, 5)
+
+
+def test_outside_the_window_texts_are_held_then_sent_with_fresh_text(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    with freeze_time("2026-06-10 02:00:00"):  # 22:00 on June 9 in New York: window closed
+        org = make_org(engine, "ny", tz="America/New_York", now=utcnow())
+        add_subscription(engine, org, expires_on=date(2026, 6, 14))  # 5 days left on June 9
+        result = run(engine, sender)
+        assert result["held"] == 1 and result["sent"] == 0 and provider.sent == []
+        (row,) = ledger_rows(engine)
+        assert row["status"] == "pending" and row["next_attempt_at"] == datetime.fromisoformat(
+            "2026-06-10T12:00:00+00:00"
+        )
+    with freeze_time("2026-06-10 12:30:00"):  # 08:30 June 10: window open, now 4 days left
+        result = run(engine, sender)
+        assert result["sent"] == 1
+    (row,) = ledger_rows(engine)
+    assert row["days_left"] == 4 and "in 4 days" in provider.sent[0][1]
+
+
+def test_a_held_text_overtaken_by_a_nearer_lead_is_dropped_as_stale(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    with freeze_time("2026-06-10 02:00:00"):
+        org = make_org(engine, "ny", tz="America/New_York", now=utcnow())
+        add_subscription(engine, org, expires_on=date(2026, 6, 14))
+        run(engine, sender)  # lead 5 held
+    with freeze_time("2026-06-11 14:00:00"):  # June 11: 3 days left, lead 3 is due
+        run(engine, sender)
+    rows = {r["lead_days"]: r for r in ledger_rows(engine)}
+    assert rows[5]["status"] == "skipped" and "stale" in str(rows[5]["reason"])
+    assert rows[3]["status"] == "sent"
+    assert len(provider.sent) == 1 and "in 3 days" in provider.sent[0][1]
+
+
+def _raise(exc: Exception) -> object:
+    def step() -> None:
+        raise exc
+
+    return step
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_transient_errors_retry_with_backoff_until_sent(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3), phone="+12025550131")
+    provider.script["+12025550131"] = [_raise(TransientError("busy", code="20429"))] * 2  # type: ignore[list-item]
+    result = run(engine, sender)
+    assert result["retrying"] == 1 and provider.sent == []
+    (row,) = ledger_rows(engine)
+    assert row["status"] == "pending" and row["attempts"] == 1 and row["error_code"] == "20429"
+    assert row["next_attempt_at"] > utcnow()  # type: ignore[operator]
+    for minutes in (5, 10):
+        with freeze_time(f"2026-06-10 12:{minutes:02d}:00"):
+            run(engine, sender)
+    (row,) = ledger_rows(engine)
+    assert row["status"] == "sent" and row["attempts"] == 3 and len(provider.sent) == 1
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_retries_exhausted_fail_with_the_last_error(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3), phone="+12025550132")
+    provider.script["+12025550132"] = [
+        _raise(TransientError(f"down {i}", code="503")) for i in range(5)
+    ]  # type: ignore[misc]
+    for minutes in (0, 10, 30, 59):
+        with freeze_time(f"2026-06-10 12:{minutes:02d}:00"):
+            run(engine, sender)
+    (row,) = ledger_rows(engine)
+    assert (
+        row["status"] == "failed" and row["attempts"] == 3 and row["reason"] == "retries_exhausted"
+    )
+    assert row["error_message"] == "down 2" and provider.sent == []
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_permanent_error_fails_at_once_and_unsubscribed_opts_out(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3), phone="+12025550141")
+    provider.script["+12025550141"] = [
+        _raise(PermanentError("unsubscribed", code="21610", opted_out=True))  # type: ignore[list-item]
+    ]
+    assert run(engine, sender)["failed"] == 1
+    (row,) = ledger_rows(engine)
+    assert (row["status"], row["attempts"], row["error_code"]) == ("failed", 1, "21610")
+    run(engine, sender)  # never retried
+    with freeze_time("2026-06-11 12:00:00"):
+        # A second subscription of the same person: the opt-out holds, no text is tried.
+        add_subscription(engine, org, expires_on=TODAY + timedelta(days=4), phone="+12025550141")
+        assert run(engine, sender)["skipped"] == 1
+    assert [(r["status"], r["reason"]) for r in ledger_rows(engine)][1] == ("skipped", "opted_out")
+    assert provider.sent == []
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_unknown_outcome_is_never_resent_blindly(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3), phone="+12025550151")
+    provider.script["+12025550151"] = [_raise(UnknownOutcomeError("read timeout"))]  # type: ignore[list-item]
+    assert run(engine, sender)["unknown"] == 1
+    run(engine, sender)
+    (row,) = ledger_rows(engine)
+    assert row["status"] == "unknown" and row["attempts"] == 1 and provider.sent == []
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_a_template_that_fails_at_send_time_fails_only_its_row(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3), phone="+12025550161")
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=5), phone="+12025550162")
+    # A stored template that divides by days_left - 3 breaks only for the 3-day row.
+    with engine.begin() as conn:
+        conn.execute(delete(Template))
+        conn.execute(
+            insert(Template).values(
+                org_id=org,
+                lead_days=3,
+                body="{{ 10 // (days_left - 3) }} left",
+                updated_at=utcnow(),
+            )
+        )
+    result = run(engine, sender)
+    assert result["sent"] == 1 and result["failed"] == 1
+    failed = [r for r in ledger_rows(engine) if r["status"] == "failed"]
+    assert "ZeroDivisionError" in str(failed[0]["error_message"])
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_dry_run_writes_nothing(engine: Engine, provider: RecordingProvider) -> None:
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=TODAY + timedelta(days=3))
+    summary = runner.dry_run(engine, now=utcnow())
+    assert summary.plan.planned == 1 and len(summary.would_send) == 1
+    assert "in 3 days" in summary.would_send[0]["body"]
+    assert ledger_rows(engine) == [] and provider.sent == []
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_date_option_acts_as_that_local_day(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    org = make_org(engine, now=utcnow())
+    add_subscription(engine, org, expires_on=date(2026, 7, 1))
+    result = run(engine, sender, on_date=date(2026, 6, 28))
+    assert result["sent"] == 1
+    (row,) = ledger_rows(engine)
+    assert row["local_date"] == date(2026, 6, 28) and row["days_left"] == 3
