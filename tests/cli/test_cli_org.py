@@ -1,0 +1,125 @@
+"""``reminders org add`` / ``org list``: bad input is refused with one line and stores nothing."""
+
+from __future__ import annotations
+
+import pytest
+from cli_support import Cli, count
+from sqlalchemy import Engine
+
+ACME = ("org", "add", "acme", "--name", "Acme Fiber", "--timezone", "America/New_York")
+
+
+def test_org_add_then_list_json_shows_every_field(db: Engine, cli: Cli) -> None:
+    added = cli.ok(
+        *ACME,
+        "--send-time",
+        "10:30",
+        "--send-window",
+        "09:00-20:00",
+        "--lead-days",
+        "1,7,3",
+        "--country",
+        "fr",
+        "--sender",
+        "+15005550006",
+    )
+    assert "acme" in added.out
+
+    [org] = cli.json("org", "list")
+
+    assert org == {
+        "slug": "acme",
+        "name": "Acme Fiber",
+        "timezone": "America/New_York",
+        "send_time": "10:30",
+        "send_window": "09:00-20:00",
+        "lead_days": [7, 3, 1],
+        "country": "FR",
+        "sender": "+15005550006",
+        "rate": None,
+        "active": True,
+    }
+
+
+def test_org_defaults_come_from_settings(db: Engine, cli: Cli) -> None:
+    env = {"REMINDER_LEAD_DAYS": "7,2", "REMINDER_SEND_TIME": "11:15"}
+    cli.ok(*ACME, env=env)
+
+    [org] = cli.json("org", "list")
+
+    assert org["lead_days"] == [7, 2]
+    assert org["send_time"] == "11:15"
+    assert org["send_window"] == "08:00-21:00"
+    assert org["country"] == "US"
+
+
+def test_org_list_is_empty_json_list_on_a_fresh_database(db: Engine, cli: Cli) -> None:
+    assert cli.json("org", "list") == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (("--timezone", "Mars/Olympus_Mons"), "Mars/Olympus_Mons"),
+        (("--timezone", "../../etc/passwd"), "time zone"),
+        (("--send-time", "25:00"), "--send-time"),
+        (("--send-time", "9am"), "--send-time"),
+        (("--send-window", "08:00"), "--send-window"),
+        (("--send-window", "08:00-24:30"), "--send-window"),
+        (("--lead-days", "5,x,1"), "--lead-days"),
+        (("--lead-days", "-1"), "--lead-days"),
+        (("--lead-days", "400"), "--lead-days"),
+        (("--lead-days", ","), "--lead-days"),
+        (("--country", "USA"), "--country"),
+        (("--rate", "0"), "--rate"),
+        (("--name", "  "), "--name"),
+    ],
+)
+def test_org_add_refuses_bad_option_with_one_line(
+    sqlite_db: Engine, cli: Cli, extra: tuple[str, str], named: str
+) -> None:
+    base = {"--name": "Acme", "--timezone": "Europe/Paris"}
+    base[extra[0]] = extra[1]
+    args = [part for pair in base.items() for part in pair]
+
+    result = cli("org", "add", "acme", *args)
+
+    assert named in result.error
+    assert result.out == ""
+    assert count(sqlite_db, "organizations") == 0
+
+
+@pytest.mark.parametrize("slug", ["Acme Corp", "acme/1", "", "x" * 65])
+def test_org_add_refuses_bad_slug(sqlite_db: Engine, cli: Cli, slug: str) -> None:
+    result = cli("org", "add", slug, "--name", "Acme", "--timezone", "UTC")
+
+    assert "slug" in result.error
+    assert count(sqlite_db, "organizations") == 0
+
+
+def test_org_add_refuses_duplicate_slug_and_keeps_the_first(db: Engine, cli: Cli) -> None:
+    cli.ok(*ACME)
+
+    result = cli("org", "add", "ACME", "--name", "Impostor", "--timezone", "Europe/Paris")
+
+    assert "'acme' already exists" in result.error
+    [org] = cli.json("org", "list")
+    assert (org["name"], org["timezone"]) == ("Acme Fiber", "America/New_York")
+
+
+def test_org_add_missing_required_option_is_a_usage_error(sqlite_db: Engine, cli: Cli) -> None:
+    result = cli("org", "add", "acme", "--name", "Acme")
+
+    assert result.code == 2
+    assert "--timezone" in result.error
+    assert count(sqlite_db, "organizations") == 0
+
+
+def test_org_list_plain_text_has_one_line_per_org(db: Engine, cli: Cli) -> None:
+    cli.ok(*ACME)
+    cli.ok("org", "add", "beta", "--name", "Beta", "--timezone", "Pacific/Auckland")
+
+    lines = cli.ok("org", "list").out.splitlines()
+
+    assert [line.split()[0] for line in lines] == ["acme", "beta"]
+    assert "Pacific/Auckland" in lines[1]
