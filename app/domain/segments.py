@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GSM7_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
@@ -30,21 +30,29 @@ class SegmentInfo:
     non_gsm_chars: tuple[str, ...] = ()
 
 
-def _split(units: int, single: int, multi: int) -> int:
-    if units <= single:
-        return 1 if units else 0
-    return -(-units // multi)
+def _pack(widths: list[int], single: int, multi: int) -> int:
+    """Segments for characters of these widths: one if all fit in ``single``, else ``multi``
+    per segment, never splitting a character (an escape sequence or a surrogate pair moves
+    whole to the next segment, as handsets and carriers do)."""
+    total = sum(widths)
+    if total <= single:
+        return 1 if total else 0
+    segments, used = 1, 0
+    for width in widths:
+        if used + width > multi:
+            segments, used = segments + 1, 0
+        used += width
+    return segments
 
 
 def count_segments(body: str) -> SegmentInfo:
     chars = set(body)
-    if chars <= GSM7_BASIC:
-        return SegmentInfo(GSM7, len(body), _split(len(body), 160, 153))
     if chars <= GSM7_BASIC | GSM7_EXTENSION:
-        septets = len(body) + sum(1 for ch in body if ch in GSM7_EXTENSION)
-        return SegmentInfo(GSM7, septets, _split(septets, 160, 153))
+        widths = [2 if ch in GSM7_EXTENSION else 1 for ch in body]
+        return SegmentInfo(GSM7, sum(widths), _pack(widths, 160, 153))
     offending = tuple(
         dict.fromkeys(ch for ch in body if ch not in GSM7_BASIC and ch not in GSM7_EXTENSION)
     )
-    units = len(body.encode("utf-16-le")) // 2
-    return SegmentInfo(UCS2, units, _split(units, 70, 67), offending)
+    # UTF-16 code units: characters outside the Basic Multilingual Plane take two.
+    widths = [2 if ord(ch) > 0xFFFF else 1 for ch in body]
+    return SegmentInfo(UCS2, sum(widths), _pack(widths, 70, 67), offending)
