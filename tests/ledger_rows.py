@@ -1,39 +1,25 @@
-"""Small builders for an organization, a customer and one ledger row, for the Twilio tests."""
+"""One ledger row in a chosen state, built on the shared factories, for the Twilio tests."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, timedelta
 from itertools import count
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Customer, Organization, Reminder, Subscription
+from app.db.models import Organization, Reminder, Subscription
+from tests import factories
 
 _serial = count(1)
 
 
-def make_org(engine: Engine, *, sender: str | None = None, slug: str | None = None) -> int:
-    n = next(_serial)
-    with Session(engine) as s, s.begin():
-        org = Organization(
-            slug=slug or f"org-{n}",
-            name=f"Org {n}",
-            timezone="UTC",
-            send_time=time(9, 0),
-            window_start=time(0, 0),
-            window_end=time(0, 0),
-            lead_days="5,3,1",
-            country="US",
-            sender=sender,
-            rate_per_second=None,
-            active=True,
-            created_at=datetime.now(UTC),
-        )
-        s.add(org)
-        s.flush()
-        return org.id
+def make_org(engine: Engine, *, sender: str | None = None) -> int:
+    extra = {"sender": sender} if sender else {}
+    return factories.make_org(
+        engine, f"org-{next(_serial)}", now=datetime.now(UTC), send_window="00:00-00:00", **extra
+    )
 
 
 def make_row(
@@ -46,48 +32,39 @@ def make_row(
     today: date | None = None,
     **values: Any,
 ) -> int:
-    """A customer, an active subscription ending in 3 days, and its 3-day ledger row."""
-    n = next(_serial)
+    """A customer whose subscription ends in 3 days, and its 3-day reminder in ``status``."""
     today = today or datetime.now(UTC).date()
     now = datetime.now(UTC)
-    with Session(engine) as s, s.begin():
-        customer = Customer(
-            org_id=org_id, external_id=f"c{n}", name=f"Customer {n}", phone=phone, phone_e164=phone
-        )
-        s.add(customer)
-        s.flush()
-        expires = date.fromordinal(today.toordinal() + 3)
-        sub = Subscription(
-            org_id=org_id,
-            customer_id=customer.id,
-            external_id=f"s{n}",
-            plan="Gold",
-            expires_on=expires,
-            status="active",
-        )
-        s.add(sub)
-        s.flush()
-        sender = s.scalar(select(Organization.sender).where(Organization.id == org_id))
-        row = Reminder(
-            org_id=org_id,
-            subscription_id=sub.id,
-            customer_id=customer.id,
-            expires_on=expires,
-            lead_days=3,
-            local_date=today,
-            days_left=3,
-            phone=phone,
-            sender=sender,
-            status=status,
-            body=body,
-            attempts=values.pop("attempts", 1 if status != "pending" else 0),
-            created_at=now,
-            updated_at=now,
-            **values,
-        )
-        s.add(row)
-        s.flush()
-        return row.id
+    expires = today + timedelta(days=3)
+    sub_id = factories.add_subscription(engine, org_id, expires_on=expires, phone=phone)
+    with engine.begin() as conn:
+        customer_id = conn.execute(
+            select(Subscription.customer_id).where(Subscription.id == sub_id)
+        ).scalar_one()
+        sender = conn.execute(
+            select(Organization.sender).where(Organization.id == org_id)
+        ).scalar_one()
+        inserted = conn.execute(
+            insert(Reminder).values(
+                org_id=org_id,
+                subscription_id=sub_id,
+                customer_id=customer_id,
+                expires_on=expires,
+                lead_days=3,
+                local_date=today,
+                days_left=3,
+                phone=phone,
+                sender=sender,
+                status=status,
+                body=body,
+                attempts=values.pop("attempts", 0 if status == "pending" else 1),
+                created_at=now,
+                updated_at=now,
+                **values,
+            )
+        ).inserted_primary_key
+    assert inserted is not None
+    return int(inserted[0])
 
 
 def get_row(engine: Engine, row_id: int) -> Reminder:
