@@ -1,0 +1,292 @@
+"""The whole stack on a real Docker engine: build, `up -d`, texts out, restart, `down`/`up`.
+
+It drives docker-compose exactly as an operator would, under its own project name with its own
+env file, and always ends with `down -v`. Outside CI it skips (with the reason) only when no
+Docker engine can be started; with CI=true it never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = ROOT.parent / "shared" / "docker" / "engine.sh"
+APP_SERVICES = ("celery_worker", "celery_beat", "webhook")
+SMS_LINE = re.compile(r"SMS to \+\d\*+\d\d from ")
+TICK_SECONDS = 5
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true, so the container test must run, but: {reason}")
+    pytest.skip(reason)
+
+
+def _ensure_engine() -> list[str]:
+    """Start the engine if needed; return the compose command to use."""
+    docker = shutil.which("docker")
+    running = (
+        docker is not None
+        and subprocess.run([docker, "info"], capture_output=True, check=False).returncode == 0
+    )
+    if not running:
+        if not ENGINE.exists():
+            _unavailable(f"no Docker engine is running and {ENGINE} does not exist")
+        started = subprocess.run(
+            ["bash", str(ENGINE)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if started.returncode != 0:
+            _unavailable(
+                f"{ENGINE} could not start a Docker engine:\n{started.stdout}{started.stderr}"
+            )
+    if (
+        subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    _unavailable("neither `docker compose` nor `docker-compose` is installed")
+    raise AssertionError("unreachable")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+class Stack:
+    """One compose project: every command carries its project name and env file."""
+
+    def __init__(self, compose: list[str], project: str, env_file: Path) -> None:
+        self.project = project
+        self.env_file = env_file
+        self.base = [*compose, "--project-name", project, "--env-file", str(env_file)]
+        self.timings: dict[str, float] = {}
+
+    def run(
+        self, *args: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*self.base, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"`{' '.join(args)}` exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def timed(self, label: str, *args: str, timeout: float = 600) -> None:
+        start = time.monotonic()
+        self.run(*args, timeout=timeout)
+        self.timings[label] = time.monotonic() - start
+
+    def container_ids(self, service: str) -> list[str]:
+        return self.run("ps", "-q", service).stdout.split()
+
+    def state(self, service: str) -> list[dict[str, Any]]:
+        ids = self.container_ids(service)
+        if not ids:
+            return []
+        out = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .State}}", *ids],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def healthy(self, *services: str) -> bool:
+        for service in services:
+            states = self.state(service)
+            if not states or any(s.get("Health", {}).get("Status") != "healthy" for s in states):
+                return False
+        return True
+
+    def migrate_done(self) -> bool:
+        states = self.state("migrate")
+        if states and states[0]["Status"] == "exited":
+            assert states[0]["ExitCode"] == 0, "migrate failed:\n" + self.logs("migrate")
+            return True
+        return False
+
+    def logs(self, *services: str) -> str:
+        return self.run("logs", "--no-color", *services, check=False).stdout
+
+    def sms_lines(self) -> list[str]:
+        return [line for line in self.logs("celery_worker").splitlines() if SMS_LINE.search(line)]
+
+    def reminders_json(self, *args: str) -> Any:
+        done = self.run("exec", "-T", "celery_worker", "reminders", *args, "--json")
+        return json.loads(done.stdout)
+
+    def ledger(self, status: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.reminders_json("messages", "--status", status)
+        return rows
+
+
+@contextmanager
+def stack_under_test(tmp_path: Path) -> Iterator[Stack]:
+    compose = _ensure_engine()
+    port = _free_port()
+    env_file = tmp_path / "stack.env"
+    env_file.write_text(
+        "\n".join(
+            [
+                f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}",
+                f"REDIS_PASSWORD={secrets.token_urlsafe(16)}",
+                "SMS_PROVIDER=console",
+                "REMINDER_DEMO=1",
+                f"REMINDER_TICK_SECONDS={TICK_SECONDS}",
+                "LOG_FORMAT=text",
+                "LOG_LEVEL=INFO",
+                f"WEBHOOK_PORT={port}",
+                # The webhook refuses to start without what it needs to check Twilio's signatures.
+                f"TWILIO_AUTH_TOKEN={secrets.token_hex(16)}",
+                f"WEBHOOK_BASE_URL=http://127.0.0.1:{port}",
+                "REMINDERS_IMAGE=reminders:e2e",
+                "",
+            ]
+        )
+    )
+    stack = Stack(compose, f"reminders_e2e_{os.getpid()}", env_file)
+    try:
+        yield stack
+    except BaseException:
+        print("---- last logs of the stack under test ----")
+        print(stack.run("logs", "--no-color", "--tail=60", check=False).stdout)
+        raise
+    finally:
+        stack.run("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=180)
+        print("timings (s):", {k: round(v, 1) for k, v in stack.timings.items()})
+
+
+def _no_root_processes(stack: Stack) -> None:
+    """`top` lists every process of every running app container; none may be root."""
+    out = stack.run("top", *APP_SERVICES).stdout
+    rows = [line.split() for line in out.splitlines()]
+    processes = [r for r in rows if len(r) > 2 and r[1].isdigit()]  # UID PID PPID ... CMD
+    assert len(processes) >= len(APP_SERVICES), out
+    root = [" ".join(r) for r in processes if r[0] in ("root", "0")]
+    assert not root, "processes running as root:\n" + "\n".join(root)
+
+
+def test_stack_sends_reminders_and_survives_restarts(tmp_path: Path) -> None:
+    with stack_under_test(tmp_path) as stack:
+        stack.timed("build", "build")
+        started = time.monotonic()
+        stack.timed("up", "up", "-d")
+
+        # migrate ran to completion; worker, beat and webhook report healthy.
+        _wait("migrate to finish", stack.migrate_done, 120)
+        assert "demo" in stack.logs("migrate")
+        _wait(f"{', '.join(APP_SERVICES)} to be healthy", lambda: stack.healthy(*APP_SERVICES), 120)
+        stack.timings["healthy"] = time.monotonic() - started
+
+        # The demo organization's texts go out with no manual step, within two minutes of `up -d`.
+        _wait(
+            "the demo's texts in the worker's log",
+            stack.sms_lines,
+            120 - (time.monotonic() - started),
+        )
+        stack.timings["first text"] = time.monotonic() - started
+        _wait(
+            "the day's sends to settle",
+            lambda: not stack.ledger("pending") and not stack.ledger("sending"),
+            60,
+        )
+        sent = stack.ledger("sent")
+        assert sent, "the demo sent nothing"
+        assert len(stack.sms_lines()) == len(sent), (
+            "the worker logged a different number of texts than the ledger holds"
+        )
+
+        # Non-root everywhere.
+        assert stack.run("exec", "-T", "celery_worker", "id", "-u").stdout.strip() == "1000"
+        _no_root_processes(stack)
+
+        # The manual trigger finds nothing left to send: nothing goes out twice.
+        result = stack.reminders_json("run")
+        assert result["sent"] == 0, result
+        assert len(stack.ledger("sent")) == len(sent)
+
+        # restart_celery.sh: exit 0, both healthy again, no row left claimed.
+        start = time.monotonic()
+        restarted = subprocess.run(
+            [
+                "./restart_celery.sh",
+                "--timeout",
+                "120",
+                "--",
+                "--project-name",
+                stack.project,
+                "--env-file",
+                str(stack.env_file),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        stack.timings["restart_celery.sh"] = time.monotonic() - start
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert stack.healthy("celery_worker", "celery_beat")
+        assert stack.ledger("sending") == []
+
+        # `down` then `up -d` keeps the ledger (named volume) and sends no duplicate.
+        stack.timed("down", "down", "--timeout", "30")
+        stack.timed("up again", "up", "-d")
+        _wait("migrate to finish again", stack.migrate_done, 120)
+        _wait("the stack to be healthy again", lambda: stack.healthy(*APP_SERVICES), 120)
+        time.sleep(3 * TICK_SECONDS)  # several beat ticks: time enough for any duplicate to go out
+        assert stack.sms_lines() == [], "texts went out again after down/up"
+        assert len(stack.ledger("sent")) == len(sent)
+        assert stack.ledger("sending") == []
+
+        # The webhook answers on its published port.
+        port = int(stack.run("port", "webhook", "8080").stdout.strip().rsplit(":", 1)[1])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert response.status == 200
