@@ -24,8 +24,8 @@ from app.db.models import (
     UTCDateTime,
 )
 
-# Orgs per planning statement: keeps the VALUES list well under every driver's parameter limit.
-_ORGS_PER_STATEMENT = 400
+# Orgs per planning statement: keeps the IN list well under every driver's parameter limit.
+_ORGS_PER_STATEMENT = 900
 
 
 @dataclass(frozen=True)
@@ -41,57 +41,52 @@ class OrgDay:
 def plan_rows(conn: Connection, org_days: Sequence[OrgDay], *, now: datetime) -> int:
     """Insert every due ledger row for these organization-days; return how many were new.
 
-    One INSERT … SELECT … ON CONFLICT DO NOTHING per chunk of organizations: the unique key
+    One INSERT … SELECT … ON CONFLICT DO NOTHING per group of organizations sharing a local
+    date and lead days (usually a handful of statements for a whole day): the unique key
     (subscription, expiry, lead day) makes a re-run or a concurrent run insert nothing twice.
     Opted-out and invalid numbers are inserted as ``skipped`` with the reason, so the status
     report can say why a customer got no text.
     """
+    groups: dict[tuple[date, tuple[tuple[int, int], ...]], list[int]] = {}
+    for od in org_days:
+        if od.offsets:
+            groups.setdefault((od.local_date, od.offsets), []).append(od.org_id)
     inserted = 0
-    for start in range(0, len(org_days), _ORGS_PER_STATEMENT):
-        chunk = org_days[start : start + _ORGS_PER_STATEMENT]
-        rows: list[str] = []
-        params: dict[str, Any] = {"now": now}
-        for i, od in enumerate(chunk):
-            for j, (days_left, lead) in enumerate(od.offsets):
-                key = f"{i}_{j}"
-                rows.append(f"(:o{key}, :d{key}, :l{key}, :k{key}, :e{key})")
-                params.update(
-                    {
-                        f"o{key}": od.org_id,
-                        f"d{key}": od.local_date,
-                        f"l{key}": days_left,
-                        f"k{key}": lead,
-                        f"e{key}": od.local_date + timedelta(days=days_left),
-                    }
-                )
-        if not rows:
-            continue
-        stmt = text(_plan_sql(conn.dialect.name, ",".join(rows))).bindparams(
-            bindparam("now", type_=UTCDateTime())
+    for (local_date, offsets), org_ids in groups.items():
+        rows = ",".join(f"(:l{j}, :k{j}, :e{j})" for j in range(len(offsets)))
+        params: dict[str, Any] = {"now": now, "local_date": local_date}
+        for j, (days_left, lead) in enumerate(offsets):
+            params.update(
+                {f"l{j}": days_left, f"k{j}": lead, f"e{j}": local_date + timedelta(days=days_left)}
+            )
+        stmt = text(_plan_sql(conn.dialect.name, rows)).bindparams(
+            bindparam("now", type_=UTCDateTime()), bindparam("orgs", expanding=True)
         )
-        result = conn.execute(stmt, params)
-        inserted += max(result.rowcount or 0, 0)
+        for start in range(0, len(org_ids), _ORGS_PER_STATEMENT):
+            chunk = org_ids[start : start + _ORGS_PER_STATEMENT]
+            result = conn.execute(stmt, {**params, "orgs": chunk})
+            inserted += max(result.rowcount or 0, 0)
     return inserted
 
 
 def _plan_sql(dialect: str, values: str) -> str:
     cast_date = "CAST({} AS DATE)" if dialect == "postgresql" else "{}"
-    cast_int = "CAST({} AS BIGINT)" if dialect == "postgresql" else "{}"
+    cast_int = "CAST({} AS INTEGER)" if dialect == "postgresql" else "{}"
     return f"""
 INSERT INTO reminders (org_id, subscription_id, customer_id, expires_on, lead_days, local_date,
                        days_left, phone, sender, status, reason, attempts, next_attempt_at,
                        created_at, updated_at)
-WITH m(org_id, local_date, days_left, lead_days, expires_on) AS (VALUES {values})
+WITH m(days_left, lead_days, expires_on) AS (VALUES {values})
 SELECT s.org_id, s.id, s.customer_id, s.expires_on, {cast_int.format("m.lead_days")},
-       {cast_date.format("m.local_date")}, {cast_int.format("m.days_left")},
+       {cast_date.format(":local_date")}, {cast_int.format("m.days_left")},
        COALESCE(c.phone_e164, c.phone), o.sender,
        CASE WHEN c.phone_e164 IS NULL OR oo.id IS NOT NULL THEN 'skipped' ELSE 'pending' END,
        CASE WHEN c.phone_e164 IS NULL THEN 'invalid_phone'
             WHEN oo.id IS NOT NULL THEN 'opted_out' END,
        0, :now, :now, :now
 FROM m
-JOIN subscriptions s ON s.org_id = {cast_int.format("m.org_id")}
-                    AND s.expires_on = {cast_date.format("m.expires_on")}
+JOIN subscriptions s ON s.expires_on = {cast_date.format("m.expires_on")}
+                    AND s.org_id IN :orgs
 JOIN customers c ON c.id = s.customer_id
 JOIN organizations o ON o.id = s.org_id
 LEFT JOIN opt_outs oo ON oo.org_id = s.org_id AND oo.phone_e164 = c.phone_e164

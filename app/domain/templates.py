@@ -132,33 +132,20 @@ def _undeclared(ast: nodes.Template) -> set[str]:
     return set(meta.find_undeclared_variables(ast))
 
 
-def render(
-    source: str,
-    *,
-    customer: CustomerVars,
-    organization: OrganizationVars,
-    subscription: SubscriptionVars,
-    days_left: int,
-    lead_days: int,
-) -> str:
-    """The text for one customer; raise TemplateProblem with the reason if it cannot be made."""
-    template = compile_template(source)
+def _render(template: Any, context: dict[str, Any], *, streamed: bool) -> str:
     try:
-        chunks: list[str] = []
-        size = 0
-        for chunk in template.generate(
-            customer=customer,
-            organization=organization,
-            subscription=subscription,
-            days_left=days_left,
-            lead_days=lead_days,
-        ):
-            size += len(chunk)
-            if size > MAX_BODY_CHARS:
-                raise TemplateProblem(f"rendered text is longer than {MAX_BODY_CHARS} characters")
-            chunks.append(chunk)
-    except TemplateProblem:
-        raise
+        if not streamed:
+            body = str(template.render(context))
+        else:
+            # Untrusted source on save: stop as soon as the output passes the limit.
+            chunks: list[str] = []
+            size = 0
+            for chunk in template.generate(context):
+                size += len(chunk)
+                if size > MAX_BODY_CHARS:
+                    break
+                chunks.append(chunk)
+            body = "".join(chunks) if size <= MAX_BODY_CHARS else "x" * (MAX_BODY_CHARS + 1)
     except SecurityError as exc:
         raise TemplateProblem(f"template not allowed: {exc}") from None
     except TemplateError as exc:
@@ -167,10 +154,36 @@ def render(
         raise TemplateProblem("template failed to render: recursion too deep") from None
     except Exception as exc:  # noqa: BLE001 - any failure of untrusted code is the template's
         raise TemplateProblem(f"template failed to render: {type(exc).__name__}: {exc}") from None
-    body = "".join(chunks).strip()
+    if len(body) > MAX_BODY_CHARS:
+        raise TemplateProblem(f"rendered text is longer than {MAX_BODY_CHARS} characters")
+    body = body.strip()
     if not body:
         raise TemplateProblem("rendered text is empty")
     return body
+
+
+def render(
+    source: str,
+    *,
+    customer: CustomerVars,
+    organization: OrganizationVars,
+    subscription: SubscriptionVars,
+    days_left: int,
+    lead_days: int,
+    streamed: bool = False,
+) -> str:
+    """The text for one customer; raise TemplateProblem with the reason if it cannot be made.
+
+    Sources reaching here were checked when saved; ``streamed`` is for that first check.
+    """
+    context = {
+        "customer": customer,
+        "organization": organization,
+        "subscription": subscription,
+        "days_left": days_left,
+        "lead_days": lead_days,
+    }
+    return _render(compile_template(source), context, streamed=streamed)
 
 
 SAMPLE_CUSTOMER = CustomerVars(name="Alex Example")
@@ -197,6 +210,7 @@ def sample_render(
         subscription=SAMPLE_SUBSCRIPTION,
         days_left=lead_days,
         lead_days=lead_days,
+        streamed=True,
     )
     info = count_segments(body)
     if max_segments is not None and info.segments > max_segments:
