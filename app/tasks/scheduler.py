@@ -1,0 +1,245 @@
+"""The Celery app (``celery -A app.tasks.scheduler worker|beat``) and its tasks.
+
+Tasks are thin: they open a transaction, call a plain function (app.services), commit, and only
+then enqueue follow-up work. Arguments are ledger ids, slugs and ISO dates. Sending twice is
+prevented by the ledger's conditional claim, not by the broker: any task here may run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Any
+
+import click
+from celery import Celery, bootsteps
+
+from app.config import celery_config
+from app.db import ledger
+from app.domain.planning import utcnow
+from app.services import dispatch
+from app.services.engine import load_orgs, plan_day
+from app.settings import get_settings
+from app.tasks import runtime
+
+log = logging.getLogger("app.tasks")
+
+app = Celery("reminders")
+app.conf.update(celery_config.build(get_settings()))
+
+app.user_options["worker"].add(
+    click.Option(
+        ["--sms-provider-factory"],
+        default=None,
+        help="module:callable building the SMS provider from the settings (tests, benchmarks).",
+    )
+)
+
+
+class _ProviderFactoryStep(bootsteps.Step):  # type: ignore[misc]
+    """Carries ``--sms-provider-factory`` into the runtime before the pool forks."""
+
+    def __init__(self, parent: Any, sms_provider_factory: str | None = None, **options: Any):
+        runtime.set_provider_factory(sms_provider_factory)
+        super().__init__(parent, **options)
+
+
+app.steps["worker"].add(_ProviderFactoryStep)
+
+
+def _task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``app.task`` with a type (Celery ships none)."""
+    decorator: Callable[[Callable[..., Any]], Any] = app.task(**options)
+    return decorator
+
+
+def _limits(kind: str) -> dict[str, int]:
+    soft, hard = celery_config.TIME_LIMITS[kind]
+    return {"soft_time_limit": soft, "time_limit": hard}
+
+
+def _enqueue_sends(ids: list[int], on_date: str | None) -> None:
+    send_reminders.apply_async(args=[ids], kwargs={"date": on_date})
+
+
+def _requeue_due(*, org_ids: list[int] | None, lease: float | None, on_date: str | None) -> int:
+    """Hand due pending rows to the broker in batches; each batch committed before it is sent."""
+    rt = runtime.current()
+    size = rt.settings.send_batch_size
+    taken, after = 0, 0
+    while True:
+        with rt.engine.begin() as conn:
+            ids = dispatch.take_due(
+                conn, now=utcnow(), org_ids=org_ids, lease_seconds=lease, after_id=after, limit=size
+            )
+        if not ids:
+            return taken
+        _enqueue_sends(ids, on_date)
+        taken += len(ids)
+        after = ids[-1]
+
+
+@_task(name="app.tasks.scheduler.dispatch_due", **_limits("sweep"))
+def dispatch_due() -> int:
+    """Beat, every tick: start each organization's day whose local send time has passed."""
+    rt = runtime.current()
+    with rt.engine.begin() as conn:
+        starts = dispatch.start_due_days(conn, now=utcnow())
+    for start in starts:
+        log.info("day starting org=%s date=%s task=%s", start.slug, start.local_date, start.task_id)
+        send_payment_reminder_sms.apply_async(
+            kwargs={"date": start.local_date.isoformat(), "org": start.slug},
+            task_id=start.task_id,
+        )
+    return len(starts)
+
+
+@_task(
+    name="app.tasks.scheduler.send_payment_reminder_sms", ignore_result=False, **_limits("daily")
+)
+def send_payment_reminder_sms(
+    date: str | None = None, org: str | list[str] | None = None
+) -> dict[str, Any]:
+    """The daily run: plan the day in one set-based step, commit, then enqueue send batches.
+
+    ``date`` (ISO) acts as today's local date in every organization; ``org`` is a slug or a
+    list of slugs (default: every active organization). Due retries of earlier days go too.
+    """
+    rt = runtime.current()
+    on_date = _parse_date(date)
+    slugs = [org] if isinstance(org, str) else list(org or [])
+    now = utcnow()
+    with rt.engine.begin() as conn:
+        orgs = load_orgs(conn, ledger.active_org_ids(conn, slugs or None))
+        missing = sorted(set(slugs) - {o.slug for o in orgs.values()})
+        if missing:
+            log.error("daily run: no active organization %s; ignored", ", ".join(missing))
+        report = plan_day(conn, now=now, orgs=orgs, on_date=on_date)
+        days = {o.id: o.today(now, on_date) for o in orgs.values()}
+        dispatch.mark_planned(conn, org_days=days)
+    enqueued = _requeue_due(org_ids=list(orgs), lease=None, on_date=date) if orgs else 0
+    for o in orgs.values():
+        log.info("day started org=%s date=%s", o.slug, days[o.id].isoformat())
+    log.info(
+        "daily run planned=%d skipped=%d failed=%d rendered=%d enqueued=%d orgs=%d",
+        report.planned,
+        report.skipped,
+        report.failed,
+        report.rendered,
+        enqueued,
+        len(orgs),
+    )
+    return {
+        "planned": report.planned,
+        "skipped": report.skipped,
+        "failed": report.failed,
+        "enqueued": enqueued,
+        "dates": {o.slug: days[o.id].isoformat() for o in orgs.values()},
+    }
+
+
+@_task(name="app.tasks.scheduler.send_reminders", **_limits("send"))
+def send_reminders(ids: list[int], date: str | None = None) -> None:
+    """Send these ledger rows: each is claimed (pending -> sending) before the provider call."""
+    rt = runtime.current()
+    report = rt.sender.send_ids(ids, on_date=_parse_date(date))
+    log.info(
+        "batch of %d: sent=%d failed=%d skipped=%d retrying=%d unknown=%d held=%d not-claimed=%d",
+        len(ids),
+        report.sent,
+        report.failed,
+        report.skipped,
+        report.retrying,
+        report.unknown,
+        report.held,
+        report.lost,
+    )
+    if report.retrying:
+        # A retry due soon goes back to the broker with a short countdown; a later one waits in
+        # the ledger for the sweeper (a long countdown would outlive Redis's visibility timeout).
+        with rt.engine.connect() as conn:
+            waits = dispatch.retry_waits(
+                conn, ids, now=utcnow(), max_wait_seconds=celery_config.MAX_COUNTDOWN_SECONDS
+            )
+        for seconds, rids in sorted(waits.items()):
+            send_reminders.apply_async(args=[sorted(rids)], countdown=seconds)
+
+
+@_task(name="app.tasks.scheduler.sweep", **_limits("sweep"))
+def sweep() -> dict[str, int]:
+    """Beat, every tick: nothing waits for a message the broker lost.
+
+    Rows left in ``sending`` by a dead worker become ``unknown`` (settled by reconciliation),
+    or ``pending`` when the provider cannot be asked; due ``pending`` rows with no message in
+    the broker are enqueued; days whose start was lost are started again; finished days logged.
+    """
+    rt = runtime.current()
+    settings = rt.settings
+    lease = settings.stale_sending_seconds
+    now = utcnow()
+    with rt.engine.begin() as conn:
+        released = ledger.release_stale_sending(
+            conn,
+            older_than=now - timedelta(seconds=lease),
+            now=now,
+            to_status="unknown" if rt.provider.can_reconcile else "pending",
+        )
+        restarts = dispatch.restart_stalled_days(conn, now=now, lease_seconds=lease)
+        finished = dispatch.finish_days(conn, now=now)
+    if released:
+        log.warning("sweep: %d texts left in sending by a dead worker; released", released)
+    for start in restarts:
+        log.warning("sweep: restarting day org=%s date=%s", start.slug, start.local_date)
+        send_payment_reminder_sms.apply_async(
+            kwargs={"date": start.local_date.isoformat(), "org": start.slug},
+            task_id=start.task_id,
+        )
+    for day in finished:
+        log.info(
+            "day finished org=%s date=%s %s",
+            day.slug,
+            day.local_date,
+            " ".join(f"{k}={v}" for k, v in sorted(day.counts.items())),
+        )
+    requeued = _requeue_due(org_ids=None, lease=lease, on_date=None)
+    if requeued:
+        log.info("sweep: enqueued %d due texts", requeued)
+    return {"released": released, "requeued": requeued, "restarted": len(restarts)}
+
+
+@_task(name="app.tasks.scheduler.reconcile_unknown", **_limits("reconcile"))
+def reconcile_unknown(safe_delay_seconds: float | None = None) -> dict[str, int]:
+    """Beat: settle ``unknown`` and stale ``sending`` rows by asking the provider."""
+    from app.services.reconcile import DEFAULT_SAFE_DELAY_SECONDS, reconcile
+
+    rt = runtime.current()
+    report = reconcile(
+        rt.engine,
+        rt.provider,
+        now=utcnow(),
+        stale_sending_seconds=rt.settings.stale_sending_seconds,
+        safe_delay_seconds=(
+            DEFAULT_SAFE_DELAY_SECONDS if safe_delay_seconds is None else safe_delay_seconds
+        ),
+    )
+    if report.checked:
+        log.info("reconcile: %s", " ".join(f"{k}={v}" for k, v in report.as_dict().items()))
+    if report.retried:
+        _requeue_due(org_ids=None, lease=rt.settings.stale_sending_seconds, on_date=None)
+    return report.as_dict()
+
+
+@_task(name="app.tasks.scheduler.cleanup", **_limits("cleanup"))
+def cleanup() -> int:
+    """Beat, daily: drop ledger rows older than REMINDER_RETENTION_DAYS."""
+    rt = runtime.current()
+    removed = dispatch.cleanup(rt.engine, now=utcnow(), retention_days=rt.settings.retention_days)
+    log.info(
+        "cleanup: removed %d ledger rows older than %d days", removed, rt.settings.retention_days
+    )
+    return removed
+
+
+def _parse_date(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
