@@ -78,20 +78,59 @@ def _capped_pow(left: Any, right: Any) -> Any:
     return operator.pow(left, right)
 
 
+def _capped_text_op(op: Any, left: Any, right: Any) -> Any:
+    result = op(left, right)
+    if isinstance(result, str | list | tuple) and len(result) > MAX_BODY_CHARS:
+        raise SecurityError("text beyond the message size is not allowed")
+    return result
+
+
+# Filters that cannot turn a short input into a huge output (no replace, center, format, indent).
+SAFE_FILTERS = (
+    "abs capitalize count d default first float int join last length list lower max min reverse "
+    "round sort string sum title trim truncate unique upper wordcount"
+).split()
+# Statements a text template needs; assignments, macros and includes are how size bombs and
+# recursion are built, so they are refused when the template is saved.
+ALLOWED_STATEMENTS = (nodes.Output, nodes.If, nodes.For)
+
+
 class _ReminderSandbox(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         if operator_name == "*":
             return _capped_mul(left, right)
         if operator_name == "**":
             return _capped_pow(left, right)
+        if operator_name == "+":
+            return _capped_text_op(operator.add, left, right)
+        if operator_name == "%":
+            return _capped_text_op(operator.mod, left, right)
         return super().call_binop(context, operator_name, left, right)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        """str.format can pad to any width: refused outright (use ~ and filters)."""
+        if super().wrap_str_format(value) is None:
+            return None
+
+        def refused(*_args: Any, **_kwargs: Any) -> str:
+            raise SecurityError("str.format is not allowed in templates")
+
+        return refused
+
+    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, int) and abs(arg) > 10_000:
+                raise SecurityError("numbers above 10000 are not allowed as call arguments")
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 def _environment() -> SandboxedEnvironment:
     env = _ReminderSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
     env.globals = {"range": _capped_range}
+    env.filters = {name: env.filters[name] for name in SAFE_FILTERS}
+    env.tests = dict(env.tests)
     return env
 
 
@@ -116,14 +155,25 @@ def compile_template(source: str) -> Any:
         line = getattr(exc, "lineno", None)
         where = f" on line {line}" if line else ""
         raise TemplateProblem(f"template syntax error{where}: {exc.message}") from None
-    unknown = sorted(_undeclared(ast) - VARIABLES)
+    try:
+        declared = _undeclared(ast)
+    except TemplateError as exc:
+        raise TemplateProblem(f"template error: {exc.message}") from None
+    unknown = sorted(declared - VARIABLES)
     if unknown:
         raise TemplateProblem(
             f"unknown variable {', '.join(unknown)}; use {', '.join(sorted(VARIABLES))}"
         )
+    for node in ast.find_all(nodes.Stmt):
+        if not isinstance(node, ALLOWED_STATEMENTS):
+            kind = type(node).__name__.lower()
+            raise TemplateProblem(f"{{% {kind} %}} is not allowed; use if, for and output only")
     if _loop_depth(ast) > MAX_LOOP_DEPTH:
         raise TemplateProblem(f"loops nested deeper than {MAX_LOOP_DEPTH} are not allowed")
-    return ENV.from_string(ast)
+    try:
+        return ENV.from_string(ast)
+    except TemplateError as exc:
+        raise TemplateProblem(f"template error: {exc.message}") from None
 
 
 def _undeclared(ast: nodes.Template) -> set[str]:
