@@ -159,6 +159,9 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 class _QuietHandler(WSGIRequestHandler):
     """Access lines through logging (not bare stderr), without query strings."""
 
+    # Headers and body are separate writes: without TCP_NODELAY each answer can stall ~40 ms.
+    disable_nagle_algorithm = True
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
