@@ -72,8 +72,9 @@ def due_days(conn: Connection, *, now: datetime) -> list[tuple[OrgConfig, date]]
 def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING; True when this caller's row went in."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    return (conn.execute(stmt).rowcount or 0) == 1
+    # RETURNING, not rowcount: with the implicit RETURNING of the key, rowcount reads -1.
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(table.c.id)
+    return conn.execute(stmt).first() is not None
 
 
 def start_due_days(
