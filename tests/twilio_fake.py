@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import signal
+import sys
 import threading
 import time
 import uuid
@@ -27,9 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from app.settings import Settings
+
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 DEFAULT_AUTH_TOKEN = "fake-auth-token-0123456789abcdef"
 API_PREFIX = "/2010-04-01/Accounts/"
+DEFAULT_FROM = "+15005550006"
 
 
 @dataclass
@@ -106,8 +111,7 @@ class FakeTwilio:
         self._by_number: dict[str, Behaviour] = {}
         self._outage: Behaviour | None = None
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -134,6 +138,19 @@ class FakeTwilio:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings for ``SMS_PROVIDER=twilio`` pointed at this fake, with its credentials."""
+        values: dict[str, Any] = {
+            "sms_provider": "twilio",
+            "twilio_account_sid": self.account_sid,
+            "twilio_auth_token": self.auth_token,
+            "twilio_from_number": DEFAULT_FROM,
+            "twilio_api_base_url": self.base_url,
+            "twilio_timeout_seconds": 2.0,
+        }
+        values.update(overrides)
+        return Settings(**values)
 
     # -- configuration ----------------------------------------------------------------------
     def behave(self, number: str, behaviour: Behaviour) -> None:
@@ -251,6 +268,16 @@ def _matches(m: Recorded, query: dict[str, str]) -> bool:
             if sent is None or not test(sent, wanted):
                 return False
     return True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (read timeout) closes first: writing the late answer then fails.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
@@ -372,6 +399,10 @@ def parse_date(value: str) -> datetime:
     return parsedate_to_datetime(value)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Local fake of Twilio's Messages API")
     parser.add_argument("--host", default="127.0.0.1")
@@ -392,6 +423,8 @@ def main() -> None:
         delay=args.delay_ms / 1000.0,
     )
     print(f"fake Twilio listening on {fake.base_url} (account {fake.account_sid})", flush=True)
+    # Stop cleanly on SIGTERM too (the benchmark ends it that way) and say what was accepted.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         fake._server.serve_forever()
     except KeyboardInterrupt:

@@ -15,24 +15,15 @@ from app.providers import build_provider, check_provider_settings
 from app.providers.base import PermanentError, TransientError, UnknownOutcomeError
 from app.providers.twilio import TwilioProvider, check_settings, parse_retry_after
 from app.settings import Settings
-from tests.twilio_fake import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Behaviour, FakeTwilio
+from tests.twilio_fake import DEFAULT_AUTH_TOKEN, DEFAULT_FROM, Behaviour, FakeTwilio
 
-FROM = "+15005550006"
+FROM = DEFAULT_FROM
 SERVICE = "MG" + "1" * 32
 TO = "+14155552671"
 
 
-def twilio_settings(base_url: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "sms_provider": "twilio",
-        "twilio_account_sid": DEFAULT_ACCOUNT_SID,
-        "twilio_auth_token": DEFAULT_AUTH_TOKEN,
-        "twilio_from_number": FROM,
-        "twilio_api_base_url": base_url,
-        "twilio_timeout_seconds": 2.0,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+def twilio_settings(fake: FakeTwilio, **overrides: object) -> Settings:
+    return fake.settings(**overrides)
 
 
 @pytest.fixture
@@ -43,13 +34,13 @@ def fake() -> Iterator[FakeTwilio]:
 
 @pytest.fixture
 def provider(fake: FakeTwilio) -> Iterator[TwilioProvider]:
-    p = TwilioProvider(twilio_settings(fake.base_url, webhook_base_url="https://hooks.example.org"))
+    p = TwilioProvider(twilio_settings(fake, webhook_base_url="https://hooks.example.org"))
     yield p
     p.close()
 
 
 def make(fake: FakeTwilio, **overrides: object) -> TwilioProvider:
-    return TwilioProvider(twilio_settings(fake.base_url, **overrides))
+    return TwilioProvider(twilio_settings(fake, **overrides))
 
 
 # -- settings -----------------------------------------------------------------------------
@@ -71,7 +62,7 @@ def test_a_messaging_service_alone_is_a_sender() -> None:
 
 
 def test_factory_builds_twilio(fake: FakeTwilio) -> None:
-    provider = build_provider(twilio_settings(fake.base_url))
+    provider = build_provider(twilio_settings(fake))
     assert provider.name == "twilio" and provider.can_reconcile
     assert isinstance(provider, TwilioProvider)
     provider.close()
@@ -180,9 +171,9 @@ def test_server_errors_are_transient_then_recover(
 
 
 def test_connection_refused_is_transient(fake: FakeTwilio) -> None:
-    base = fake.base_url
+    settings = fake.settings()
     fake.stop()  # a full outage: nothing listens on the port any more
-    provider = TwilioProvider(twilio_settings(base))
+    provider = TwilioProvider(settings)
     try:
         with pytest.raises(TransientError):
             provider.send(TO, "hello", None)
@@ -193,7 +184,7 @@ def test_connection_refused_is_transient(fake: FakeTwilio) -> None:
 def test_outage_then_recovery_on_the_same_port() -> None:
     with FakeTwilio() as first:
         port = int(first.base_url.rsplit(":", 1)[1])
-        provider = TwilioProvider(twilio_settings(first.base_url))
+        provider = TwilioProvider(first.settings())
     try:
         with pytest.raises(TransientError):
             provider.send(TO, "while down", None)
@@ -267,9 +258,9 @@ def test_find_sent_pages_through_results(fake: FakeTwilio, provider: TwilioProvi
 
 
 def test_find_sent_errors_are_transient(fake: FakeTwilio) -> None:
-    base = fake.base_url
+    settings = fake.settings()
     fake.stop()
-    provider = TwilioProvider(twilio_settings(base))
+    provider = TwilioProvider(settings)
     try:
         with pytest.raises(TransientError):
             provider.find_sent(to=TO, body="x", sender=None, since=datetime.now(UTC))

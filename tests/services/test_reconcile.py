@@ -16,7 +16,7 @@ from app.services.engine import Sender
 from app.services.reconcile import ReconcileReport, reconcile
 from app.settings import Settings
 from tests.ledger_rows import get_row, make_org, make_row
-from tests.twilio_fake import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Behaviour, FakeTwilio
+from tests.twilio_fake import Behaviour, FakeTwilio
 
 TO = "+14155552671"
 BODY = "Your plan ends in 3 days"
@@ -24,17 +24,7 @@ STALE = 900.0
 
 
 def settings_for(fake: FakeTwilio, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "sms_provider": "twilio",
-        "twilio_account_sid": DEFAULT_ACCOUNT_SID,
-        "twilio_auth_token": DEFAULT_AUTH_TOKEN,
-        "twilio_from_number": "+15005550006",
-        "twilio_api_base_url": fake.base_url,
-        "twilio_timeout_seconds": 2.0,
-        "stale_sending_seconds": STALE,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return fake.settings(stale_sending_seconds=STALE, **overrides)
 
 
 @pytest.fixture
