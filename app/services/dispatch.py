@@ -274,10 +274,15 @@ def take_due(
 
 
 def retry_waits(
-    conn: Connection, ids: Sequence[int], *, now: datetime, max_wait_seconds: float
+    conn: Connection,
+    ids: Sequence[int],
+    *,
+    since: datetime,
+    now: datetime,
+    max_wait_seconds: float,
 ) -> dict[int, list[int]]:
-    """Rows of ``ids`` waiting for a retry due within ``max_wait_seconds``, by whole seconds
-    to wait (rounded up, so the message never arrives before the row is due)."""
+    """Rows of ``ids`` put back for a retry since ``since`` and due within ``max_wait_seconds``,
+    by whole seconds to wait (rounded up, so the message never arrives before the row is due)."""
     if not ids:
         return {}
     horizon = now + timedelta(seconds=max_wait_seconds)
@@ -285,13 +290,14 @@ def retry_waits(
         select(Reminder.id, Reminder.next_attempt_at).where(
             Reminder.id.in_(list(ids)),
             Reminder.status == "pending",
-            Reminder.next_attempt_at > now,
+            Reminder.reason == "retrying",
+            Reminder.updated_at >= since,
             Reminder.next_attempt_at <= horizon,
         )
     ).all()
     waits: dict[int, list[int]] = {}
     for rid, at in rows:
-        seconds = int((cast(datetime, at) - now).total_seconds()) + 1
+        seconds = max(0, int((cast(datetime, at) - now).total_seconds()) + 1)
         waits.setdefault(seconds, []).append(rid)
     return waits
 

@@ -143,6 +143,7 @@ def send_payment_reminder_sms(
 def send_reminders(ids: list[int], date: str | None = None) -> None:
     """Send these ledger rows: each is claimed (pending -> sending) before the provider call."""
     rt = runtime.current()
+    started = utcnow()
     report = rt.sender.send_ids(ids, on_date=_parse_date(date))
     log.info(
         "batch of %d: sent=%d failed=%d skipped=%d retrying=%d unknown=%d held=%d not-claimed=%d",
@@ -160,7 +161,11 @@ def send_reminders(ids: list[int], date: str | None = None) -> None:
         # the ledger for the sweeper (a long countdown would outlive Redis's visibility timeout).
         with rt.engine.connect() as conn:
             waits = dispatch.retry_waits(
-                conn, ids, now=utcnow(), max_wait_seconds=celery_config.MAX_COUNTDOWN_SECONDS
+                conn,
+                ids,
+                since=started,
+                now=utcnow(),
+                max_wait_seconds=celery_config.MAX_COUNTDOWN_SECONDS,
             )
         for seconds, rids in sorted(waits.items()):
             send_reminders.apply_async(args=[sorted(rids)], countdown=seconds)

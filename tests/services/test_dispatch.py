@@ -231,17 +231,19 @@ def test_a_day_whose_start_was_lost_is_started_again_and_finishes(pg_engine: Eng
 
 def test_retry_waits_group_rows_by_whole_seconds_never_early(pg_engine: Engine) -> None:
     now = datetime(2026, 5, 5, 12, tzinfo=UTC)
-    _planned_day(pg_engine, 3, now=now)
+    _planned_day(pg_engine, 4, now=now)
     with pg_engine.begin() as conn:
         ids = list(conn.execute(select(Reminder.id).order_by(Reminder.id)).scalars())
-        for rid, wait in zip(ids, (1.5, 1.2, 5000), strict=True):
+        for rid, wait in zip(ids, (1.5, 1.2, 5000, -2), strict=True):
             conn.execute(
                 update(Reminder)
                 .where(Reminder.id == rid)
-                .values(next_attempt_at=now + timedelta(seconds=wait))
+                .values(
+                    next_attempt_at=now + timedelta(seconds=wait), reason="retrying", updated_at=now
+                )
             )
-        waits = dispatch.retry_waits(conn, ids, now=now, max_wait_seconds=600)
-    assert waits == {2: [ids[0], ids[1]]} or waits == {2: [ids[1], ids[0]]}
+        waits = dispatch.retry_waits(conn, ids, since=now, now=now, max_wait_seconds=600)
+    assert {k: sorted(v) for k, v in waits.items()} == {2: [ids[0], ids[1]], 0: [ids[3]]}
 
 
 def test_cleanup_keeps_rows_whose_expiry_is_still_ahead(pg_engine: Engine) -> None:

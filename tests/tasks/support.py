@@ -186,3 +186,13 @@ def seed_due(engine: Engine, org_id: int, n: int, *, today: date, start: int = 0
             ],
         )
     return phones
+
+
+@contextmanager
+def beat(env: Mapping[str, str], tmp: Path, *, name: str = "beat") -> Iterator[Proc]:
+    """``celery beat`` as in production (schedule in memory: nothing written to disk)."""
+    proc = Proc(["beat", "-l", "INFO"], env, tmp / f"{name}.log")
+    try:
+        yield proc
+    finally:
+        proc.stop()
