@@ -8,7 +8,7 @@ customer's text, and arithmetic and loops are capped so a template cannot eat th
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
@@ -57,6 +57,12 @@ class SubscriptionVars:
     currency: str | None
 
 
+_PLAIN_FIELDS: dict[type, frozenset[str]] = {
+    cls: frozenset(f.name for f in fields(cls))
+    for cls in (CustomerVars, OrganizationVars, SubscriptionVars)
+}
+
+
 def _capped_range(*args: int) -> range:
     r = range(*args)
     if len(r) > MAX_RANGE:
@@ -86,10 +92,34 @@ def _capped_text_op(op: Any, left: Any, right: Any) -> Any:
 
 
 # Filters that cannot turn a short input into a huge output (no replace, center, format, indent).
-SAFE_FILTERS = (
-    "abs capitalize count d default first float int join last length list lower max min reverse "
-    "round sort string sum title trim truncate unique upper wordcount"
-).split()
+SAFE_FILTERS = [
+    "abs",
+    "capitalize",
+    "count",
+    "d",
+    "default",
+    "first",
+    "float",
+    "int",
+    "join",
+    "last",
+    "length",
+    "list",
+    "lower",
+    "max",
+    "min",
+    "reverse",
+    "round",
+    "sort",
+    "string",
+    "sum",
+    "title",
+    "trim",
+    "truncate",
+    "unique",
+    "upper",
+    "wordcount",
+]
 # Statements a text template needs; assignments, macros and includes are how size bombs and
 # recursion are built, so they are refused when the template is saved.
 ALLOWED_STATEMENTS = (nodes.Output, nodes.If, nodes.For)
@@ -108,6 +138,14 @@ class _ReminderSandbox(SandboxedEnvironment):
         if operator_name == "%":
             return _capped_text_op(operator.mod, left, right)
         return super().call_binop(context, operator_name, left, right)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Fast path for the template variables' own data fields (the hot path of planning);
+        # everything else goes through the sandbox's checks.
+        fields = _PLAIN_FIELDS.get(type(obj))
+        if fields is not None and attribute in fields:
+            return getattr(obj, attribute)
+        return super().getattr(obj, attribute)
 
     def wrap_str_format(self, value: Any) -> Any:
         """str.format can pad to any width: refused outright (use ~ and filters)."""

@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from app.db import ledger
+from app.db import plan as plan_sql
 from app.db.models import DEFAULT_TEMPLATE_LEAD, Organization, Reminder, Template
 from app.domain import planning
 from app.domain.phones import mask_phone
@@ -140,65 +141,59 @@ def plan_day(
     now: datetime,
     orgs: dict[int, OrgConfig],
     on_date: date | None = None,
-    render_chunk: int = 5000,
+    page: int = 5000,
 ) -> PlanReport:
-    """Plan every due reminder for each organization's local day, then render the bodies.
+    """Plan every due reminder for each organization's local day, with its rendered body.
 
-    Both steps are set-based: one INSERT … SELECT per chunk of organizations, then bodies
-    rendered in Python in streamed chunks and written back in bulk. Safe to run again: the
-    ledger's unique key makes a second plan a no-op.
+    One set-based query finds what the ledger lacks; bodies are rendered in Python page by
+    page and each page is written with one INSERT … ON CONFLICT DO NOTHING, so a re-run or a
+    concurrent run adds nothing twice. A template that fails marks only its own row ``failed``.
     """
     report = PlanReport()
     org_days = [
-        ledger.OrgDay(
+        plan_sql.OrgDay(
             org_id=org.id,
             local_date=org.today(now, on_date),
-            leads=org.leads,
             offsets=tuple(planning.due_offsets(org.leads)),
         )
         for org in orgs.values()
     ]
-    report.planned = ledger.plan_rows(conn, org_days, now=now)
-    if report.planned:
-        report.skipped = _skipped_at(conn, orgs, now)
     book = TemplateBook(conn, orgs)
-    for chunk in ledger.unrendered_rows(conn, orgs, chunk=render_chunk):
-        bodies = []
-        failures = []
-        for row in chunk:
-            try:
-                body = render_body(
-                    book,
-                    orgs[row.org_id],
-                    lead_days=row.lead_days,
-                    days_left=row.days_left,
-                    customer_name=row.customer_name,
-                    plan=row.plan,
-                    expires_on=row.expires_on,
-                    amount=row.amount,
-                    currency=row.currency,
-                )
-            except TemplateProblem as exc:
-                failures.append((row.id, str(exc)))
-                continue
-            info = count_segments(body)
-            bodies.append(
-                {"id": row.id, "body": body, "segments": info.segments, "encoding": info.encoding}
-            )
-        ledger.store_bodies(conn, bodies, now=now)
-        ledger.mark_failed_bulk(conn, failures, now=now)
-        report.rendered += len(bodies)
-        report.failed += len(failures)
+    for candidates in plan_sql.candidates(conn, org_days, page=page):
+        rows = [_planned_row(c, orgs[c.org_id], book, now) for c in candidates]
+        counts = plan_sql.insert_rows(conn, rows)
+        report.planned += sum(counts.values())
+        report.skipped += counts.get("skipped", 0)
+        report.failed += counts.get("failed", 0)
+        report.rendered += counts.get("pending", 0)
     return report
 
 
-def _skipped_at(conn: Connection, orgs: Iterable[int], now: datetime) -> int:
-    stmt = select(func.count()).where(
-        Reminder.org_id.in_(list(orgs)),
-        Reminder.created_at == now,
-        Reminder.status == "skipped",
+def _planned_row(
+    c: plan_sql.Candidate, org: OrgConfig, book: TemplateBook, now: datetime
+) -> dict[str, object]:
+    if c.skip_reason:
+        return plan_sql.row_values(c, now=now, status="skipped", reason=c.skip_reason)
+    try:
+        body = render_body(
+            book,
+            org,
+            lead_days=c.lead_days,
+            days_left=c.days_left,
+            customer_name=c.customer_name,
+            plan=c.plan,
+            expires_on=c.expires_on,
+            amount=c.amount,
+            currency=c.currency,
+        )
+    except TemplateProblem as exc:
+        return plan_sql.row_values(
+            c, now=now, status="failed", reason="template_error", error=str(exc)
+        )
+    info = count_segments(body)
+    return plan_sql.row_values(
+        c, now=now, status="pending", body=body, segments=info.segments, encoding=info.encoding
     )
-    return int(conn.execute(stmt).scalar_one())
 
 
 # --- sending ----------------------------------------------------------------------------------

@@ -1,0 +1,227 @@
+"""Planning SQL: find a day's due reminders in one set-based query, write them in bulk.
+
+The candidates come from one SELECT per group of organizations sharing a local date and lead
+days (a handful for a whole day). Bodies are rendered in Python, then each page of rows goes in
+with one INSERT … SELECT … ON CONFLICT DO NOTHING (from a COPY-filled temporary table on
+PostgreSQL): the ledger's unique key (subscription, expiry, lead day) makes a re-run or a
+concurrent run insert nothing twice, whatever the application did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Date,
+    Integer,
+    Numeric,
+    String,
+    bindparam,
+    column,
+    text,
+)
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.expression import ColumnClause
+
+from app.db.models import Reminder
+
+# Orgs per statement: keeps the IN list well under every driver's parameter limit.
+_ORGS_PER_STATEMENT = 900
+
+COLUMNS = (
+    "org_id",
+    "subscription_id",
+    "customer_id",
+    "expires_on",
+    "lead_days",
+    "local_date",
+    "days_left",
+    "phone",
+    "sender",
+    "status",
+    "reason",
+    "body",
+    "segments",
+    "encoding",
+    "error_code",
+    "error_message",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+)
+
+
+@dataclass(frozen=True)
+class OrgDay:
+    """One organization's planning input: its local "today" and its due (days_left, lead) pairs."""
+
+    org_id: int
+    local_date: date
+    offsets: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A reminder due today that the ledger does not have yet."""
+
+    subscription_id: int
+    org_id: int
+    customer_id: int
+    expires_on: date
+    lead_days: int
+    days_left: int
+    phone: str | None
+    sender: str | None
+    skip_reason: str | None  # invalid_phone | opted_out | None
+    customer_name: str
+    plan: str
+    amount: Decimal | None
+    currency: str | None
+    local_date: date
+
+
+# The SELECT's columns, typed, so every backend hands back dates and decimals (SQLite would not).
+_RESULT_TYPES: list[ColumnClause[Any]] = [
+    column("subscription_id", BigInteger),
+    column("org_id", BigInteger),
+    column("customer_id", BigInteger),
+    column("expires_on", Date),
+    column("lead_days", Integer),
+    column("days_left", Integer),
+    column("phone", String),
+    column("sender", String),
+    column("skip_reason", String),
+    column("customer_name", String),
+    column("plan", String),
+    column("amount", Numeric(12, 2)),
+    column("currency", String),
+]
+
+
+def _candidates_sql(dialect: str, values: str) -> str:
+    date_ = "CAST({} AS DATE)" if dialect == "postgresql" else "{}"
+    int_ = "CAST({} AS INTEGER)" if dialect == "postgresql" else "{}"
+    return f"""
+WITH m(days_left, lead_days, expires_on) AS (VALUES {values})
+SELECT s.id, s.org_id, s.customer_id, s.expires_on, {int_.format("m.lead_days")},
+       {int_.format("m.days_left")}, COALESCE(c.phone_e164, c.phone), o.sender,
+       CASE WHEN c.phone_e164 IS NULL THEN 'invalid_phone'
+            WHEN oo.id IS NOT NULL THEN 'opted_out' END,
+       c.name, s.plan, s.amount, s.currency
+FROM m
+JOIN subscriptions s ON s.expires_on = {date_.format("m.expires_on")} AND s.org_id IN :orgs
+JOIN customers c ON c.id = s.customer_id
+JOIN organizations o ON o.id = s.org_id
+LEFT JOIN opt_outs oo ON oo.org_id = s.org_id AND oo.phone_e164 = c.phone_e164
+WHERE s.status = 'active'
+  AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.subscription_id = s.id
+                  AND r.expires_on = s.expires_on AND r.lead_days = {int_.format("m.lead_days")})
+"""
+
+
+def candidates(
+    conn: Connection, org_days: Sequence[OrgDay], *, page: int = 5000
+) -> Iterator[list[Candidate]]:
+    """Every due reminder the ledger lacks, streamed in pages (memory stays flat)."""
+    groups: dict[tuple[date, tuple[tuple[int, int], ...]], list[int]] = {}
+    for od in org_days:
+        if od.offsets:
+            groups.setdefault((od.local_date, od.offsets), []).append(od.org_id)
+    for (local_date, offsets), org_ids in groups.items():
+        rows = ",".join(f"(:l{j}, :k{j}, :e{j})" for j in range(len(offsets)))
+        params: dict[str, Any] = {}
+        for j, (days_left, lead) in enumerate(offsets):
+            params.update(
+                {f"l{j}": days_left, f"k{j}": lead, f"e{j}": local_date + timedelta(days=days_left)}
+            )
+        stmt = (
+            text(_candidates_sql(conn.dialect.name, rows))
+            .bindparams(bindparam("orgs", expanding=True))
+            .columns(*_RESULT_TYPES)
+            .execution_options(stream_results=True, yield_per=page)
+        )
+        for start in range(0, len(org_ids), _ORGS_PER_STATEMENT):
+            chunk = org_ids[start : start + _ORGS_PER_STATEMENT]
+            result = conn.execute(stmt, {**params, "orgs": chunk})
+            for part in result.partitions(page):
+                yield [cast(Any, Candidate)(*row, local_date) for row in part]
+
+
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert planned rows, skipping any the ledger already has; counts of new rows by status."""
+    if not rows:
+        return {}
+    if conn.dialect.name == "postgresql":
+        return _insert_copy(conn, rows)
+    counts: dict[str, int] = {}
+    stmt = sqlite.insert(Reminder).on_conflict_do_nothing()
+    for row in rows:
+        if conn.execute(stmt, row).rowcount == 1:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def _insert_copy(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """PostgreSQL: COPY into a temporary table, then one INSERT … SELECT … ON CONFLICT."""
+    cols = ", ".join(COLUMNS)
+    conn.execute(
+        text(f"CREATE TEMP TABLE IF NOT EXISTS _plan AS SELECT {cols} FROM reminders WITH NO DATA")
+    )
+    conn.execute(text("TRUNCATE _plan"))
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(f"COPY _plan ({cols}) FROM STDIN") as cp:
+        for row in rows:
+            cp.write_row(tuple(row[c] for c in COLUMNS))
+    result = conn.execute(
+        text(
+            f"INSERT INTO reminders ({cols}) SELECT {cols} FROM _plan "
+            "ON CONFLICT (subscription_id, expires_on, lead_days) DO NOTHING RETURNING status"
+        )
+    )
+    counts: dict[str, int] = {}
+    for (status,) in result:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def row_values(
+    c: Candidate,
+    *,
+    now: datetime,
+    status: str,
+    reason: str | None = None,
+    body: str | None = None,
+    segments: int | None = None,
+    encoding: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "org_id": c.org_id,
+        "subscription_id": c.subscription_id,
+        "customer_id": c.customer_id,
+        "expires_on": c.expires_on,
+        "lead_days": c.lead_days,
+        "local_date": c.local_date,
+        "days_left": c.days_left,
+        "phone": c.phone,
+        "sender": c.sender,
+        "status": status,
+        "reason": reason,
+        "body": body,
+        "segments": segments,
+        "encoding": encoding,
+        "error_code": "template" if error else None,
+        "error_message": error,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
