@@ -160,13 +160,10 @@ def add_opt_out(
     conn: Connection, *, org_id: int, phone_e164: str, source: str, now: datetime
 ) -> bool:
     """Record an opt-out; True if it is new. Idempotent through the unique key."""
-    table: Any = OptOut.__table__
     values = {"org_id": org_id, "phone_e164": phone_e164, "source": source, "created_at": now}
-    if conn.dialect.name == "postgresql":
-        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    return (conn.execute(stmt).rowcount or 0) == 1
+    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(OptOut).values(**values).on_conflict_do_nothing().returning(OptOut.id)
+    return conn.execute(stmt).first() is not None
 
 
 def release_stale_sending(
