@@ -45,9 +45,15 @@ def _pack(widths: list[int], single: int, multi: int) -> int:
     return segments
 
 
+GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
+
+
 def count_segments(body: str) -> SegmentInfo:
     chars = set(body)
-    if chars <= GSM7_BASIC | GSM7_EXTENSION:
+    if chars <= GSM7_BASIC:  # the common case: one septet per character
+        n = len(body)
+        return SegmentInfo(GSM7, n, (1 if n else 0) if n <= 160 else -(-n // 153))
+    if chars <= GSM7_ALL:
         widths = [2 if ch in GSM7_EXTENSION else 1 for ch in body]
         return SegmentInfo(GSM7, sum(widths), _pack(widths, 160, 153))
     offending = tuple(
