@@ -244,6 +244,9 @@ class Sender:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        close = getattr(self.provider, "close", None)
+        if callable(close):
+            close()
 
     def default_sender(self) -> str | None:
         s = self.settings
