@@ -230,3 +230,24 @@ def test_national_numbers_use_the_org_country(db: Engine, cli: Cli, tmp_path: Pa
     [message] = cli.json("messages")
     assert message["phone"] == "+33612345678"
     assert "Amélie" in message["body"]
+
+
+@pytest.mark.xfail(
+    reason="BUG: a header that repeats a column (two 'plan' columns) is accepted and the last "
+    "one silently wins instead of being refused as a bad header",
+    strict=True,
+)
+def test_header_with_a_repeated_column_is_refused(
+    sqlite_db: Engine, cli: Cli, acme: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "dup.csv"
+    path.write_text(
+        "customer_id,name,phone,subscription_id,plan,expires_on,plan\n"
+        "c1,Ada,+1 202 555 0101,s1,Gold,2030-06-15,Silver\n",
+        encoding="utf-8",
+    )
+
+    result = cli("import", acme, path)
+
+    assert "line 1" in result.error and "plan" in result.error
+    assert count(sqlite_db, "subscriptions") == 0

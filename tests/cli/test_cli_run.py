@@ -430,3 +430,38 @@ def test_organizations_on_both_sides_of_utc_get_their_own_day(
     assert summary["dates"] == {"kiwi": "2030-06-11", "la": "2030-06-10"}
     rows = {m["org"]: (m["lead_days"], m["days_left"]) for m in cli.json("messages")}
     assert rows == {"kiwi": (5, 4), "la": (5, 5)}
+
+
+@freeze_time(IN_WINDOW)
+def test_a_text_that_fails_to_render_is_failed_and_the_rest_go_out(
+    db: Engine, cli: Cli, tmp_path: Path
+) -> None:
+    add_org(cli, "acme")
+    template = tmp_path / "t.j2"
+    template.write_text("{{ customer.name }}: {{ subscription.amount + 1 }} due", encoding="utf-8")
+    cli.ok("template", "set", "acme", template)  # the sample has an amount, so it is accepted
+    header = ("customer_id", "name", "phone", "subscription_id", "plan", "expires_on", "amount")
+    rows = [
+        ("c1", "Ada", "+1 202 555 0101", "s1", "Fiber", "2030-06-15", "10"),
+        ("c2", "Bob", "+1 202 555 0102", "s2", "Fiber", "2030-06-15", ""),  # no amount
+    ]
+    cli.ok("import", "acme", write_csv(tmp_path / "a.csv", rows, header))
+
+    summary = cli.json("run")
+
+    assert (summary["planned"], summary["sent"], summary["failed"]) == (2, 1, 1)
+    rows_by_sub = by_sub(cli.json("messages"))
+    assert rows_by_sub["s1"]["body"] == "Ada: 11.00 due"
+    failed = rows_by_sub["s2"]
+    assert (failed["status"], failed["reason"], failed["error_code"]) == (
+        "failed",
+        "template_error",
+        "template",
+    )
+    assert "NoneType" in failed["error_message"]
+
+
+def test_run_refuses_contradictory_options(sqlite_db: Engine, cli: Cli) -> None:
+    assert "--enqueue" in cli("run", "--wait").error
+    assert "--dry-run" in cli("run", "--dry-run", "--enqueue").error
+    assert count(sqlite_db, "reminders") == 0

@@ -6,13 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_support import Cli, count, run_script, url_of, write_csv
+from cli_support import Cli, run_script, url_of, write_csv
 from sqlalchemy import Engine, text
 
-from app.db.session import get_engine
 
-
-def test_demo_on_an_empty_directory_sends_texts_to_the_console(tmp_path: Path) -> None:
+def test_demo_on_an_empty_directory_sends_texts_to_the_console(tmp_path: Path, cli: Cli) -> None:
     result = run_script("demo", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
@@ -36,8 +34,8 @@ def test_demo_on_an_empty_directory_sends_texts_to_the_console(tmp_path: Path) -
         "refreshed demo organization 'demo' with 12 subscriptions",
         "planned 0, sent 0, failed 0, skipped 0, held 0, retrying 0, unknown 0",
     ]
-    status = run_script("status", "--json", cwd=tmp_path)
-    assert json.loads(status.stdout) == {"demo": {"sent": 6, "skipped": 2}}
+    # cwd is tmp_path and DATABASE_URL is unset here too, so this reads the same reminders.db
+    assert cli.json("status") == {"demo": {"sent": 6, "skipped": 2}}
 
 
 def test_python_dash_m_app_is_the_same_command(tmp_path: Path, pg_engine: Engine) -> None:
@@ -85,24 +83,18 @@ def test_script_run_with_date_against_sqlite(sqlite_db: Engine, cli: Cli, tmp_pa
     assert (message["lead_days"], message["days_left"], message["status"]) == (3, 3, "sent")
 
 
-def test_unmigrated_database_is_a_one_line_error(tmp_path: Path) -> None:
-    result = run_script(
-        "org", "list", cwd=tmp_path, env={"DATABASE_URL": f"sqlite:///{tmp_path}/empty.db"}
-    )
+def test_unmigrated_database_is_a_one_line_error(cli: Cli, tmp_path: Path) -> None:
+    result = cli("org", "list", env={"DATABASE_URL": f"sqlite:///{tmp_path}/empty.db"})
 
-    assert result.returncode != 0
-    assert result.stderr.splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("error: database:")
-    assert "reminders db upgrade" in result.stderr
+    assert result.error.startswith("error: database:")
+    assert "reminders db upgrade" in result.error
 
 
-def test_db_upgrade_creates_the_schema_and_is_safe_to_repeat(tmp_path: Path) -> None:
+def test_db_upgrade_creates_the_schema_and_is_safe_to_repeat(cli: Cli, tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite:///{tmp_path}/new.db"}
     for _ in range(2):
-        result = run_script("db", "upgrade", cwd=tmp_path, env=env)
-        assert result.returncode == 0, result.stderr
-        assert "database is up to date" in result.stdout
-    assert count(get_engine(env["DATABASE_URL"]), "organizations") == 0
+        assert cli.ok("db", "upgrade", env=env).out == "database is up to date\n"
+    assert cli.json("org", "list", env=env) == []
 
 
 def test_bad_setting_in_a_real_process_names_the_variable(tmp_path: Path) -> None:
