@@ -26,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT.parent / "shared" / "docker" / "engine.sh"
 APP_SERVICES = ("celery_worker", "celery_beat", "webhook")
-SMS_LINE = re.compile(r"SMS to \+\d\*+\d\d from ")
+SMS_LINE = re.compile(r"SMS to \+[0-9*]+ from ")
 TICK_SECONDS = 5
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -99,6 +99,7 @@ class Stack:
         self.env_file = env_file
         self.base = [*compose, "--project-name", project, "--env-file", str(env_file)]
         self.timings: dict[str, float] = {}
+        self.health_report = ""
 
     def run(
         self, *args: str, timeout: float = 300, check: bool = True
@@ -127,23 +128,44 @@ class Stack:
         return self.run("ps", "-q", service).stdout.split()
 
     def state(self, service: str) -> list[dict[str, Any]]:
+        """``docker inspect``'s State of each of the service's containers, plus RestartCount."""
         ids = self.container_ids(service)
         if not ids:
             return []
         out = subprocess.run(
-            ["docker", "inspect", "--format", "{{json .State}}", *ids],
+            ["docker", "inspect", "--format", "{{.RestartCount}} {{json .State}}", *ids],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        states = []
+        for line in out.splitlines():
+            restarts, _, state = line.partition(" ")
+            states.append({**json.loads(state), "RestartCount": int(restarts)})
+        return states
 
     def healthy(self, *services: str) -> bool:
+        """True when every container of ``services`` is healthy; fails fast on a crash loop."""
+        not_healthy = []
         for service in services:
             states = self.state(service)
-            if not states or any(s.get("Health", {}).get("Status") != "healthy" for s in states):
-                return False
-        return True
+            for s in states:
+                if s["RestartCount"] >= 3:
+                    raise AssertionError(
+                        f"{service} keeps restarting ({s['RestartCount']} restarts):\n"
+                        + self.run("logs", "--no-color", "--tail=40", service, check=False).stdout
+                    )
+            status = [s.get("Health", {}).get("Status", s["Status"]) for s in states]
+            if not states or any(st != "healthy" for st in status):
+                not_healthy.append(f"{service}: {', '.join(status) or 'no container'}")
+        self.health_report = "; ".join(not_healthy)
+        return not not_healthy
+
+    def wait_healthy(self, *services: str, timeout: float = 120) -> None:
+        try:
+            _wait(f"{', '.join(services)} to be healthy", lambda: self.healthy(*services), timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} ({self.health_report})") from None
 
     def migrate_done(self) -> bool:
         states = self.state("migrate")
@@ -196,7 +218,7 @@ def stack_under_test(tmp_path: Path) -> Iterator[Stack]:
         yield stack
     except BaseException:
         print("---- last logs of the stack under test ----")
-        print(stack.run("logs", "--no-color", "--tail=60", check=False).stdout)
+        print(stack.run("logs", "--no-color", "--tail=150", check=False).stdout)
         raise
     finally:
         stack.run("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=180)
@@ -222,7 +244,7 @@ def test_stack_sends_reminders_and_survives_restarts(tmp_path: Path) -> None:
         # migrate ran to completion; worker, beat and webhook report healthy.
         _wait("migrate to finish", stack.migrate_done, 120)
         assert "demo" in stack.logs("migrate")
-        _wait(f"{', '.join(APP_SERVICES)} to be healthy", lambda: stack.healthy(*APP_SERVICES), 120)
+        stack.wait_healthy(*APP_SERVICES)
         stack.timings["healthy"] = time.monotonic() - started
 
         # The demo organization's texts go out with no manual step, within two minutes of `up -d`.
@@ -280,7 +302,7 @@ def test_stack_sends_reminders_and_survives_restarts(tmp_path: Path) -> None:
         stack.timed("down", "down", "--timeout", "30")
         stack.timed("up again", "up", "-d")
         _wait("migrate to finish again", stack.migrate_done, 120)
-        _wait("the stack to be healthy again", lambda: stack.healthy(*APP_SERVICES), 120)
+        stack.wait_healthy(*APP_SERVICES)
         time.sleep(3 * TICK_SECONDS)  # several beat ticks: time enough for any duplicate to go out
         assert stack.sms_lines() == [], "texts went out again after down/up"
         assert len(stack.ledger("sent")) == len(sent)
