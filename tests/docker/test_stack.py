@@ -39,15 +39,11 @@ def _unavailable(reason: str) -> None:
 
 
 def _ensure_engine() -> list[str]:
-    """Start the engine if needed; return the compose command to use."""
-    docker = shutil.which("docker")
-    running = (
-        docker is not None
-        and subprocess.run([docker, "info"], capture_output=True, check=False).returncode == 0
-    )
-    if not running:
-        if not ENGINE.exists():
-            _unavailable(f"no Docker engine is running and {ENGINE} does not exist")
+    """Start the engine and its base images (engine.sh is idempotent); return the compose command.
+
+    Where engine.sh is not around (another checkout layout), an engine already running will do.
+    """
+    if ENGINE.exists():
         started = subprocess.run(
             ["bash", str(ENGINE)],
             cwd=ROOT,
@@ -60,13 +56,12 @@ def _ensure_engine() -> list[str]:
             _unavailable(
                 f"{ENGINE} could not start a Docker engine:\n{started.stdout}{started.stderr}"
             )
-    if (
-        subprocess.run(
-            ["docker", "compose", "version"], capture_output=True, check=False
-        ).returncode
-        == 0
-    ):
-        return ["docker", "compose"]
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "info"], capture_output=True).returncode:
+        _unavailable(f"no Docker engine is running and {ENGINE} is not there to start one")
+    plugin = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+    if plugin.returncode == 0:
+        return [docker, "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     _unavailable("neither `docker compose` nor `docker-compose` is installed")
