@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import Cli, count, url_of, write_csv
+from cli_support import Cli, count, write_csv
 from freezegun import freeze_time
 from sqlalchemy import Engine
 
@@ -343,25 +343,7 @@ def test_opt_out_after_planning_stops_a_held_text(
     assert (s2["status"], s2["reason"]) == ("skipped", "opted_out")
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.xfail(
-                reason="BUG: on PostgreSQL ledger.add_opt_out returns False for a new opt-out, "
-                "so `opt-out` prints '(no change)' the first time",
-                strict=True,
-            ),
-        ),
-    ],
-)
-def test_opt_out_and_opt_in_say_whether_anything_changed(
-    backend: str, request: pytest.FixtureRequest, cli: Cli, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    engine = request.getfixturevalue(f"{'sqlite' if backend == 'sqlite' else 'pg'}_engine")
-    monkeypatch.setenv("DATABASE_URL", url_of(engine))
+def test_opt_out_and_opt_in_say_whether_anything_changed(db: Engine, cli: Cli) -> None:
     add_org(cli, "acme")
 
     assert cli.ok("opt-out", "acme", "(202) 555-0101").out == (
@@ -374,7 +356,7 @@ def test_opt_out_and_opt_in_say_whether_anything_changed(
     assert cli.ok("opt-in", "acme", "202-555-0101").out == (
         "+12025550101 opted in to acme texts (no change)\n"
     )
-    assert count(engine, "opt_outs") == 0
+    assert count(db, "opt_outs") == 0
 
 
 def test_opt_out_refuses_bad_number_and_unknown_org(sqlite_db: Engine, cli: Cli) -> None:
