@@ -1,0 +1,40 @@
+"""The per-sender rate limit holds across processes: two limiters sharing Redis share the rate."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from app.services.ratelimit_redis import RedisRateLimiter
+
+
+def test_two_limiters_on_one_key_share_the_rate(broker: str) -> None:
+    limiters = [RedisRateLimiter.from_url(broker) for _ in range(2)]
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def send(limiter: RedisRateLimiter) -> None:
+        for _ in range(10):
+            limiter.acquire("console:+15550001", 50.0)
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=send, args=(lim,)) for lim in limiters for _ in range(2)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 40 texts at 50/s: the first goes at once, the last no sooner than 39/50 s later.
+    assert max(stamps) - start >= 39 / 50 - 0.02
+    stamps.sort()
+    window = [s for s in stamps if s - stamps[0] < 0.2]
+    assert len(window) <= 11  # never more than 0.2 s x 50/s (+1 for the edge) in any 0.2 s
+
+
+def test_other_keys_are_not_slowed(broker: str) -> None:
+    limiter = RedisRateLimiter.from_url(broker)
+    limiter.acquire("console:slow", 1.0)
+    start = time.monotonic()
+    limiter.acquire("console:slow-other", 1.0)
+    assert time.monotonic() - start < 0.2
