@@ -86,6 +86,15 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, every: float = 2.
         time.sleep(every)
 
 
+def _docker(*args: str, stderr: int = subprocess.PIPE) -> str:
+    done = subprocess.run(
+        ["docker", *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"`docker {' '.join(args)}` exited {done.returncode}: {done.stderr}")
+    return done.stdout
+
+
 class Stack:
     """One compose project: every command carries its project name and env file."""
 
@@ -119,20 +128,23 @@ class Stack:
         self.run(*args, timeout=timeout)
         self.timings[label] = time.monotonic() - start
 
+    # Polling goes through the docker CLI, by compose's labels: a compose call costs a second or
+    # two of Python start-up on 2 cores, and the checks below poll a lot.
     def container_ids(self, service: str) -> list[str]:
-        return self.run("ps", "-q", service).stdout.split()
+        labels = {
+            "com.docker.compose.project": self.project,
+            "com.docker.compose.service": service,
+            "com.docker.compose.oneoff": "False",
+        }
+        filters = [arg for k, v in labels.items() for arg in ("--filter", f"label={k}={v}")]
+        return _docker("ps", "--all", "--quiet", *filters).split()
 
     def state(self, service: str) -> list[dict[str, Any]]:
         """``docker inspect``'s State of each of the service's containers, plus RestartCount."""
         ids = self.container_ids(service)
         if not ids:
             return []
-        out = subprocess.run(
-            ["docker", "inspect", "--format", "{{.RestartCount}} {{json .State}}", *ids],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        out = _docker("inspect", "--format", "{{.RestartCount}} {{json .State}}", *ids)
         states = []
         for line in out.splitlines():
             restarts, _, state = line.partition(" ")
@@ -169,18 +181,21 @@ class Stack:
             return True
         return False
 
-    def logs(self, *services: str) -> str:
-        return self.run("logs", "--no-color", *services, check=False).stdout
+    def logs(self, service: str) -> str:
+        """Everything the service's containers wrote (Celery logs to stderr)."""
+        return "".join(
+            _docker("logs", container, stderr=subprocess.STDOUT)
+            for container in self.container_ids(service)
+        )
 
     def sms_lines(self) -> list[str]:
         return [line for line in self.logs("celery_worker").splitlines() if SMS_LINE.search(line)]
 
-    def reminders_json(self, *args: str) -> Any:
-        done = self.run("exec", "-T", "celery_worker", "reminders", *args, "--json")
-        return json.loads(done.stdout)
-
     def ledger(self, status: str) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self.reminders_json("messages", "--status", status)
+        """The ledger's rows in ``status``, as `reminders messages --json` prints them."""
+        worker = self.container_ids("celery_worker")[0]
+        out = _docker("exec", worker, "reminders", "messages", "--status", status, "--json")
+        rows: list[dict[str, Any]] = json.loads(out)
         return rows
 
 
@@ -265,7 +280,8 @@ def test_stack_sends_reminders_and_survives_restarts(tmp_path: Path) -> None:
         _no_root_processes(stack)
 
         # The manual trigger finds nothing left to send: nothing goes out twice.
-        result = stack.reminders_json("run")
+        run = stack.run("exec", "-T", "celery_worker", "reminders", "run", "--json")
+        result = json.loads(run.stdout)
         assert result["sent"] == 0, result
         assert len(stack.ledger("sent")) == len(sent)
 
