@@ -197,6 +197,8 @@ def compile_template(source: str) -> Any:
         declared = _undeclared(ast)
     except TemplateError as exc:
         raise TemplateProblem(f"template error: {exc.message}") from None
+    # Jinja's own names (``self``) are never reported as undeclared: refuse them here.
+    declared |= {n.name for n in ast.find_all(nodes.Name) if n.name == "self"}
     unknown = sorted(declared - VARIABLES)
     if unknown:
         raise TemplateProblem(

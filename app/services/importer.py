@@ -116,6 +116,9 @@ def read_rows(
         raise ValidationError(
             f"line 1: header is missing {', '.join(missing)}; expected {','.join(REQUIRED)}"
         )
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise ValidationError(f"line 1: column {', '.join(repeated)} appears more than once")
     unknown = [h for h in header if h not in REQUIRED + OPTIONAL]
     if unknown:
         raise ValidationError(f"line 1: unknown column {', '.join(unknown)}")

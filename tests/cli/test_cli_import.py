@@ -232,11 +232,6 @@ def test_national_numbers_use_the_org_country(db: Engine, cli: Cli, tmp_path: Pa
     assert "Amélie" in message["body"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: a header that repeats a column (two 'plan' columns) is accepted and the last "
-    "one silently wins instead of being refused as a bad header",
-    strict=True,
-)
 def test_header_with_a_repeated_column_is_refused(
     sqlite_db: Engine, cli: Cli, acme: str, tmp_path: Path
 ) -> None:

@@ -207,11 +207,6 @@ def test_a_size_bomb_is_refused_without_building_the_text(
     assert count(sqlite_db, "templates") == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: `{{ self }}` is not one of the template variables but is accepted, and every "
-    "text then says '<TemplateReference None>'",
-    strict=True,
-)
 def test_jinja_internal_self_is_refused_as_an_unknown_variable(
     sqlite_db: Engine, cli: Cli, acme: str, tmp_path: Path
 ) -> None:
