@@ -70,7 +70,8 @@ def load(url: str, n_subs: int, n_orgs: int) -> None:
                 )
         for table in ("organizations", "customers", "subscriptions"):
             conn.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT max(id) FROM {table}))"
             )
         conn.execute("ANALYZE")
 

@@ -51,7 +51,8 @@ def test_all_documented_variables_are_available() -> None:
         ("{{ 'x' * 100000 }}", "not allowed"),
         ("{{ 9 ** 9999999 }}", "not allowed"),
         (
-            "{% for i in range(99) %}{% for j in range(99) %}{% for k in range(99) %}{% endfor %}{% endfor %}{% endfor %}",
+            "{% for i in range(99) %}{% for j in range(99) %}{% for k in range(99) %}"
+            "{% endfor %}{% endfor %}{% endfor %}",
             "nested",
         ),
         ("{% for i in range(99) %}{{ customer.name * 20 }}{% endfor %}", "longer than 1600"),
