@@ -201,7 +201,9 @@ class Stack:
 
 @contextmanager
 def stack_under_test(tmp_path: Path) -> Iterator[Stack]:
+    engine_started = time.monotonic()
     compose = _ensure_engine()
+    engine_seconds = time.monotonic() - engine_started
     port = _free_port()
     env_file = tmp_path / "stack.env"
     env_file.write_text(
@@ -224,6 +226,7 @@ def stack_under_test(tmp_path: Path) -> Iterator[Stack]:
         )
     )
     stack = Stack(compose, f"reminders_e2e_{os.getpid()}", env_file)
+    stack.timings["engine.sh"] = engine_seconds
     try:
         yield stack
     except BaseException:
