@@ -3,11 +3,13 @@
 # shell (exec), so the init in front of it delivers SIGTERM straight to Celery.
 # Addresses come from the application's own settings (DATABASE_URL, CELERY_BROKER_URL, REDIS_*),
 # so this never disagrees with the app about where its services are.
-# WAIT_TIMEOUT_SECONDS (default 60) bounds the wait; WAIT_FOR_SERVICES=0 skips it.
+# WAIT_FOR names what to wait for (default "postgres redis"; empty: nothing) and
+# WAIT_TIMEOUT_SECONDS (default 60) bounds the wait.
 set -o errexit -o nounset -o pipefail
 
-if [ "${WAIT_FOR_SERVICES:-1}" != "0" ]; then
-  python - "${WAIT_TIMEOUT_SECONDS:-60}" <<'PY'
+wait_for=${WAIT_FOR-postgres redis}
+if [ -n "$wait_for" ]; then
+  python - "${WAIT_TIMEOUT_SECONDS:-60}" "$wait_for" <<'PY'
 import socket
 import sys
 import time
@@ -21,11 +23,15 @@ try:
 except ConfigError as exc:
     sys.exit(f"entrypoint: {exc}")
 
+services = {
+    "postgres": ("PostgreSQL", settings.database_url, 5432),
+    "redis": ("Redis", settings.broker_url, 6379),
+}
 targets = []
-for name, url, default_port in (
-    ("PostgreSQL", settings.database_url, 5432),
-    ("Redis", settings.broker_url, 6379),
-):
+for key in sys.argv[2].replace(",", " ").split():
+    if key not in services:
+        sys.exit(f"entrypoint: WAIT_FOR={sys.argv[2]!r}: expected postgres and/or redis")
+    name, url, default_port = services[key]
     parts = urlsplit(url)
     if parts.hostname:  # sqlite and other file URLs have nothing to wait for
         targets.append((name, parts.hostname, parts.port or default_port))
