@@ -221,6 +221,7 @@ def stack_under_test(tmp_path: Path) -> Iterator[Stack]:
                 f"TWILIO_AUTH_TOKEN={secrets.token_hex(16)}",
                 f"WEBHOOK_BASE_URL=http://127.0.0.1:{port}",
                 "REMINDERS_IMAGE=reminders:e2e",
+                "REMINDERS_FLOWER_IMAGE=reminders-flower:e2e",
                 "",
             ]
         )
