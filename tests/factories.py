@@ -7,20 +7,21 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
 from app.db.models import Customer, Reminder, Subscription
 from app.domain.phones import InvalidPhone, normalize_phone
 from app.providers.base import SentMessage
-from app.services.engine import Sender
 from app.services.orgs import OrgInput, add_org
 from app.services.ratelimit import NoRateLimit
+from app.services.sender import Sender
 from app.settings import Settings
 
 
 def make_org(
-    engine: Engine, slug: str = "acme", *, tz: str = "UTC", now: datetime, **kw: str
+    engine: Engine, slug: str = "acme", *, tz: str = "UTC", now: datetime, **kw: Any
 ) -> int:
     settings = Settings()
     with engine.begin() as conn:

@@ -14,8 +14,8 @@ from app.db.session import get_engine
 from app.domain.planning import utcnow
 from app.logs import configure_logging
 from app.providers import build_provider, check_provider_settings
-from app.services.engine import Sender
 from app.services.ratelimit import LocalRateLimiter
+from app.services.sender import Sender
 from app.settings import Settings, get_settings
 
 

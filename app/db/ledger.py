@@ -82,6 +82,25 @@ def claim(conn: Connection, ids: Sequence[int], *, now: datetime) -> list[int]:
     return sorted(conn.execute(stmt).scalars())
 
 
+def release(conn: Connection, ids: Sequence[int], *, until: datetime) -> int:
+    """Claimed rows that were not tried (no rate-limit slot soon enough) go back to pending;
+    the claim's attempt is given back."""
+    if not ids:
+        return 0
+    result = conn.execute(
+        update(Reminder)
+        .where(Reminder.id.in_(list(ids)), Reminder.status == "sending")
+        .values(
+            status="pending",
+            attempts=Reminder.attempts - 1,
+            next_attempt_at=until,
+            claimed_at=None,
+            updated_at=until,
+        )
+    )
+    return result.rowcount or 0
+
+
 @dataclass(frozen=True)
 class ClaimedRow:
     """A claimed ledger row with what the sender needs to re-check and send it."""

@@ -1,7 +1,11 @@
-"""Per-sender rate limits. The engine asks before every send; the limit is shared by key.
+"""Per-sender rate limits. The engine reserves send slots for a batch before sending it.
 
-``LocalRateLimiter`` holds the limit within one process (the CLI). The Celery workers use a
-Redis-backed limiter so the limit holds across every worker process and host.
+``reserve(key, rate, count, max_wait)`` books up to ``count`` consecutive slots spaced 1/rate
+apart, but none further than ``max_wait`` seconds ahead, and returns ``(first_wait, granted,
+spacing)``: the caller sends slot ``i`` at ``first_wait + i * spacing`` seconds from now.
+Rows that got no slot go back to the ledger for later instead of holding a worker asleep.
+``LocalRateLimiter`` holds the limit within one process (the CLI); the Celery workers use the
+Redis-backed limiter, so the limit holds across every worker process and host.
 """
 
 from __future__ import annotations
@@ -12,29 +16,38 @@ from typing import Protocol
 
 
 class RateLimiter(Protocol):
-    def acquire(self, key: str, rate: float) -> None:
-        """Block until one more message may go out for ``key`` at ``rate`` per second."""
+    def reserve(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        """Book up to ``count`` slots for ``key``: (seconds to the first, granted, spacing)."""
         ...
 
 
-class LocalRateLimiter:
-    """A spacing limiter: messages for one key leave at least 1/rate seconds apart."""
+def grantable(wait: float, rate: float, count: int, max_wait: float) -> int:
+    """How many slots fit between ``wait`` and ``max_wait`` seconds ahead."""
+    if wait > max_wait:
+        return 0
+    return min(count, int((max_wait - wait) * rate) + 1)
 
+
+class LocalRateLimiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next: dict[str, float] = {}
 
-    def acquire(self, key: str, rate: float) -> None:
-        interval = 1.0 / rate
+    def reserve(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next.get(key, now))
-            self._next[key] = slot + interval
-        wait = slot - now
-        if wait > 0:
-            time.sleep(wait)
+            granted = grantable(slot - now, rate, count, max_wait)
+            self._next[key] = slot + granted / rate
+        return slot - now, granted, 1.0 / rate
 
 
 class NoRateLimit:
-    def acquire(self, key: str, rate: float) -> None:
-        return None
+    def reserve(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        return 0.0, count, 0.0

@@ -14,21 +14,28 @@ from typing import Any
 import redis
 
 # KEYS[1]: the key's next free slot (microseconds on Redis's clock).
-# ARGV[1]: spacing between slots (microseconds). Returns how long the caller must wait.
+# ARGV: spacing between slots, slots wanted, furthest first slot (microseconds, count, µs).
+# Returns {wait until the first slot, slots granted}; slots past max_wait are not booked.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local spacing = tonumber(ARGV[1])
+local wanted = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 if slot < now then slot = now end
-local ttl = math.floor((slot - now + spacing) / 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%d', slot + spacing), 'PX', ttl)
-return slot - now
+local wait = slot - now
+if wait > max_wait then return {wait, 0} end
+local granted = math.min(wanted, math.floor((max_wait - wait) / spacing) + 1)
+local next_free = slot + granted * spacing
+local ttl_ms = math.floor((next_free - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%d', next_free), 'PX', ttl_ms)
+return {wait, granted}
 """
 
 
 class RedisRateLimiter:
-    """``acquire(key, rate)`` blocks until one more message for ``key`` fits ``rate`` per second."""
+    """Slots for ``key`` spaced 1/rate apart across every process that shares the Redis."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = "reminders:rate:") -> None:
         self._client = client
@@ -39,8 +46,18 @@ class RedisRateLimiter:
     def from_url(cls, url: str) -> RedisRateLimiter:
         return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
 
-    def acquire(self, key: str, rate: float) -> None:
+    def reserve(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        """One round trip books a whole batch's slots (see app.services.ratelimit)."""
         spacing_us = max(1, round(1_000_000 / rate))
-        wait_us = int(self._reserve(keys=[self._prefix + key], args=[spacing_us]))
-        if wait_us > 0:
-            time.sleep(wait_us / 1_000_000)
+        wait_us, granted = self._reserve(
+            keys=[self._prefix + key], args=[spacing_us, count, round(max_wait * 1_000_000)]
+        )
+        return int(wait_us) / 1_000_000, int(granted), spacing_us / 1_000_000
+
+    def acquire(self, key: str, rate: float) -> None:
+        """Block until one more message fits (for callers outside the engine)."""
+        wait, granted, _ = self.reserve(key, rate, 1, max_wait=3600.0)
+        if granted and wait > 0:
+            time.sleep(wait)

@@ -13,7 +13,8 @@ from app.db import ledger
 from app.db.models import Customer, Organization, Reminder, Subscription
 from app.domain import planning
 from app.errors import NotFoundError
-from app.services.engine import OrgConfig, PlanReport, Sender, SendReport, load_orgs, plan_day
+from app.services.engine import OrgConfig, PlanReport, load_orgs, plan_day
+from app.services.sender import Sender, SendReport
 
 
 @dataclass

@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 from app.db.session import dispose_engines, get_engine
 from app.logs import configure_logging
 from app.providers import SmsProvider, build_provider, check_provider_settings
-from app.services.engine import Sender
 from app.services.ratelimit_redis import RedisRateLimiter
+from app.services.sender import Sender
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("app.worker")

@@ -14,7 +14,7 @@ from app.db.models import Subscription, Template
 from app.domain.planning import utcnow
 from app.providers.base import PermanentError, TransientError, UnknownOutcomeError
 from app.services import runner
-from app.services.engine import Sender
+from app.services.sender import Sender
 from tests.factories import (
     RecordingProvider,
     add_subscription,
@@ -315,3 +315,43 @@ def test_date_option_acts_as_that_local_day(
     assert result["sent"] == 1
     (row,) = ledger_rows(engine)
     assert row["local_date"] == date(2026, 6, 28) and row["days_left"] == 3
+
+
+def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine: Engine) -> None:
+    """20 texts a second for one sender, at most 0.5 s ahead: 11 go out spaced, 19 wait."""
+    import itertools
+    import time
+
+    from app.services.ratelimit import LocalRateLimiter
+
+    today = utcnow().date()
+    org = make_org(
+        engine, now=utcnow(), send_window="00:00-00:00", sender="+12025550999", rate=20.0
+    )
+    for i in range(30):
+        add_subscription(
+            engine, org, expires_on=today + timedelta(days=3), phone=f"+1202555{1000 + i}"
+        )
+    stamps: list[float] = []
+
+    class Timed(RecordingProvider):
+        def send(self, to: str, body: str, sender: str | None) -> str:
+            stamps.append(time.monotonic())
+            return super().send(to, body, sender)
+
+    provider = Timed()
+    s = make_sender(engine, provider)
+    s.limiter, s.max_rate_wait = LocalRateLimiter(), 0.5
+    try:
+        result = run(engine, s)
+    finally:
+        s.close()
+    assert result["sent"] == 11
+    rows = ledger_rows(engine)
+    waiting = [r for r in rows if r["status"] == "pending"]
+    assert len(waiting) == 19 and {r["attempts"] for r in waiting} == {0}
+    assert all(r["next_attempt_at"] > utcnow() for r in waiting)  # type: ignore[operator]
+    stamps.sort()
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= 0.04  # 1/20 s apart, allowing for timer slack
+    assert provider.sent[0][2] == "+12025550999"

@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 
 from app.providers.console import ConsoleProvider
 from app.providers.twilio import TwilioProvider
-from app.services.engine import Sender
 from app.services.reconcile import ReconcileReport, reconcile
+from app.services.sender import Sender
 from app.settings import Settings
 from tests.ledger_rows import get_row, make_org, make_row
 from tests.twilio_fake import Behaviour, FakeTwilio

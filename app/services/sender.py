@@ -1,0 +1,470 @@
+"""Sending ledger rows: hold, claim, re-check, rate-limit, send many at once, record outcomes.
+
+The provider is slow (100–300 ms a call) and each sender has a rate limit, so throughput comes
+from many sends in flight per process (a thread pool), slots booked for a whole batch at once,
+and outcomes written in groups. Every row is claimed with one conditional UPDATE before the
+provider is called; a crash between the provider's answer and the group write leaves those rows
+in ``sending``, an unknown outcome that reconciliation settles (never a blind resend).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, case, select, update
+
+from app.db import ledger
+from app.db.models import Reminder
+from app.domain import planning
+from app.domain.phones import mask_phone
+from app.domain.segments import count_segments
+from app.domain.templates import TemplateProblem
+from app.providers.base import PermanentError, SmsProvider, TransientError, UnknownOutcomeError
+from app.services.engine import OrgConfig, TemplateBook, load_orgs, render_body
+from app.services.ratelimit import NoRateLimit, RateLimiter
+from app.settings import Settings
+
+log = logging.getLogger("app.engine")
+
+# Outcomes are written in groups of at most this many, or after this long.
+FLUSH_ROWS = 100
+FLUSH_SECONDS = 0.05
+# A row whose rate-limit slot is further away than this goes back to the ledger for later.
+MAX_RATE_WAIT = 20.0
+
+
+COUNTERS = ("sent", "failed", "skipped", "retrying", "unknown", "held", "deferred", "lost")
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retrying: int = 0  # transient failure, back to pending with a next attempt
+    unknown: int = 0  # outcome unknown, waiting for reconciliation
+    held: int = 0  # outside the send window, waiting for it to open
+    deferred: int = 0  # no rate-limit slot soon enough, back to pending
+    lost: int = 0  # claimed or moved by someone else first
+    retry_at: list[datetime] = field(default_factory=list)
+
+    def add(self, other: SendReport) -> None:
+        for name in (
+            "sent",
+            "failed",
+            "skipped",
+            "retrying",
+            "unknown",
+            "held",
+            "deferred",
+            "lost",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.retry_at.extend(other.retry_at)
+
+
+class _Pacer:
+    """Waits until a text's rate-limit slot, measured from the batch's first send.
+
+    The clock is read only on the sending threads, so every reading comes from one clock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._start: float | None = None
+
+    def wait(self, offset: float) -> None:
+        if offset <= 0:
+            return
+        with self._lock:
+            if self._start is None:
+                self._start = time.monotonic()
+            start = self._start
+        remaining = start + offset - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+
+
+@dataclass
+class Outcome:
+    """What happened to one claimed row, waiting to be written with its group."""
+
+    row: ledger.ClaimedRow
+    org: OrgConfig
+    status: str  # sent | failed | skipped | unknown | pending (retry)
+    values: dict[str, Any]
+    opt_out: bool = False
+
+
+# Columns an outcome may set; each group write names all of them (NULL where unset).
+_OUTCOME_COLUMNS = (
+    "reason",
+    "error_code",
+    "error_message",
+    "provider_message_id",
+    "body",
+    "days_left",
+    "segments",
+    "encoding",
+    "sent_at",
+    "next_attempt_at",
+)
+# Columns an outcome keeps as they are when it does not set them.
+_KEEP_UNLESS_SET = ("body", "days_left", "segments", "encoding", "next_attempt_at")
+
+
+class Sender:
+    """One per process: it owns the provider client and the pool of sends in flight."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        provider: SmsProvider,
+        settings: Settings,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], datetime] = planning.utcnow,
+        max_rate_wait: float = MAX_RATE_WAIT,
+    ) -> None:
+        self.max_rate_wait = max_rate_wait
+        self.engine = engine
+        self.provider = provider
+        self.settings = settings
+        self.limiter = limiter or NoRateLimit()
+        self.clock = clock
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.send_concurrency, thread_name_prefix="sms"
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        close = getattr(self.provider, "close", None)
+        if callable(close):
+            close()
+
+    def default_sender(self) -> str | None:
+        s = self.settings
+        if s.sms_provider == "twilio":
+            return s.twilio_messaging_service_sid or s.twilio_from_number
+        return None
+
+    def rate_key(self, org: OrgConfig) -> str:
+        return f"{self.provider.name}:{org.sender or self.default_sender() or 'default'}"
+
+    # --- one batch -------------------------------------------------------------------------
+
+    def send_ids(
+        self,
+        ids: Sequence[int],
+        *,
+        on_date: date | None = None,
+        ignore_window: bool = False,
+    ) -> SendReport:
+        """Hold what is outside its window, claim the rest, send, record the outcomes."""
+        report = SendReport()
+        now = self.clock()
+        with self.engine.begin() as conn:
+            org_of = dict(
+                conn.execute(
+                    select(Reminder.id, Reminder.org_id).where(
+                        Reminder.id.in_(list(ids)), Reminder.status == "pending"
+                    )
+                ).all()
+            )
+            orgs = load_orgs(conn, set(org_of.values()))
+            sendable, held = self._split_by_window(org_of, orgs, now, ignore_window)
+            for org_id, rids in held.items():
+                org = orgs[org_id]
+                opens = planning.next_window_open(now, org.timezone, org.window)
+                report.held += ledger.hold_until(conn, rids, until=opens, now=now)
+                log.info(
+                    "held %d texts of %s until the send window opens at %s",
+                    len(rids),
+                    org.slug,
+                    opens.isoformat(),
+                )
+            won = ledger.claim(conn, sendable, now=now)
+        report.lost += len(sendable) - len(won)
+        if not won:
+            return report
+        with self.engine.connect() as conn:
+            rows = ledger.load_claimed(conn, won)
+            book = TemplateBook(conn, orgs)
+        schedule = self._book_slots(rows, orgs, report)
+        self._send_all(schedule, orgs, book, on_date, report)
+        return report
+
+    @staticmethod
+    def _split_by_window(
+        org_of: dict[int, int], orgs: dict[int, OrgConfig], now: datetime, ignore_window: bool
+    ) -> tuple[list[int], dict[int, list[int]]]:
+        sendable: list[int] = []
+        held: dict[int, list[int]] = {}
+        for rid, org_id in org_of.items():
+            org = orgs.get(org_id)
+            if org is None:
+                continue  # organization deactivated: leave its rows alone
+            if ignore_window or planning.in_send_window(now, org.timezone, org.window):
+                sendable.append(rid)
+            else:
+                held.setdefault(org_id, []).append(rid)
+        return sendable, held
+
+    def _book_slots(
+        self, rows: list[ledger.ClaimedRow], orgs: dict[int, OrgConfig], report: SendReport
+    ) -> list[tuple[ledger.ClaimedRow, float]]:
+        """Book rate-limit slots per sender for the whole batch (one round trip per sender);
+        each row gets its slot as seconds after the batch's first send."""
+        by_key: dict[str, list[ledger.ClaimedRow]] = {}
+        for row in rows:
+            by_key.setdefault(self.rate_key(orgs[row.org_id]), []).append(row)
+        schedule: list[tuple[ledger.ClaimedRow, float]] = []
+        for key, group in by_key.items():
+            org = orgs[group[0].org_id]
+            rate = org.rate_per_second or self.settings.rate_per_second
+            first, granted, spacing = self.limiter.reserve(
+                key, rate, len(group), self.max_rate_wait
+            )
+            schedule.extend((row, first + i * spacing) for i, row in enumerate(group[:granted]))
+            rest = group[granted:]
+            if rest:
+                later = self.clock() + timedelta(seconds=first + granted * spacing)
+                with self.engine.begin() as conn:
+                    report.deferred += ledger.release(conn, [r.id for r in rest], until=later)
+                log.info(
+                    "rate limit of %s: %d texts wait until %s", key, len(rest), later.isoformat()
+                )
+        schedule.sort(key=lambda item: item[1])
+        return schedule
+
+    def _send_all(
+        self,
+        schedule: list[tuple[ledger.ClaimedRow, float]],
+        orgs: dict[int, OrgConfig],
+        book: TemplateBook,
+        on_date: date | None,
+        report: SendReport,
+    ) -> None:
+        pacer = _Pacer()
+        pending: set[Future[Outcome]] = {
+            self._pool.submit(self._send_one, row, orgs[row.org_id], book, on_date, pacer, offset)
+            for row, offset in schedule
+        }
+        buffer: list[Outcome] = []
+        first_buffered = 0.0
+        while pending:
+            done, pending = wait(pending, timeout=FLUSH_SECONDS, return_when=FIRST_COMPLETED)
+            for fut in done:
+                if not buffer:
+                    first_buffered = time.monotonic()
+                buffer.append(fut.result())
+            if buffer and (
+                len(buffer) >= FLUSH_ROWS
+                or not pending
+                or time.monotonic() - first_buffered >= FLUSH_SECONDS
+            ):
+                self._write(buffer, report)
+                buffer = []
+
+    # --- one text ---------------------------------------------------------------------------
+
+    def _send_one(
+        self,
+        row: ledger.ClaimedRow,
+        org: OrgConfig,
+        book: TemplateBook,
+        on_date: date | None,
+        pacer: _Pacer,
+        offset: float,
+    ) -> Outcome:
+        try:
+            return self._checked_send(row, org, book, on_date, pacer, offset)
+        except Exception:
+            log.exception("unexpected error sending ledger row %d of %s", row.id, org.slug)
+            return Outcome(
+                row,
+                org,
+                "unknown",
+                {
+                    "reason": "outcome_unknown",
+                    "error_code": "internal",
+                    "error_message": "unexpected error while sending; see the worker log",
+                },
+            )
+
+    def _checked_send(
+        self,
+        row: ledger.ClaimedRow,
+        org: OrgConfig,
+        book: TemplateBook,
+        on_date: date | None,
+        pacer: _Pacer,
+        offset: float,
+    ) -> Outcome:
+        today = org.today(self.clock(), on_date)
+        skip = _skip_reason(row, org, today)
+        if skip:
+            return Outcome(row, org, "skipped", {"reason": skip})
+        days_left = (row.expires_on - today).days
+        body = row.body
+        if body is None or days_left != row.days_left:
+            # Always true: a text held or retried into a later day says the real days left.
+            try:
+                body = render_body(
+                    book,
+                    org,
+                    lead_days=row.lead_days,
+                    days_left=days_left,
+                    customer_name=row.customer_name,
+                    plan=row.plan,
+                    expires_on=row.expires_on,
+                    amount=row.amount,
+                    currency=row.currency,
+                )
+            except TemplateProblem as exc:
+                return Outcome(
+                    row,
+                    org,
+                    "failed",
+                    {
+                        "reason": "template_error",
+                        "error_code": "template",
+                        "error_message": str(exc),
+                    },
+                )
+        info = count_segments(body)
+        text = {
+            "body": body,
+            "days_left": days_left,
+            "segments": info.segments,
+            "encoding": info.encoding,
+        }
+        pacer.wait(offset)
+        assert row.phone_e164 is not None
+        try:
+            message_id = self.provider.send(row.phone_e164, body, org.sender)
+        except TransientError as exc:
+            return self._retry_or_fail(row, org, exc, text)
+        except PermanentError as exc:
+            reason = "opted_out" if exc.opted_out else "rejected"
+            values = {"reason": reason, "error_code": exc.code, "error_message": exc.message}
+            return Outcome(row, org, "failed", {**values, **text}, opt_out=exc.opted_out)
+        except UnknownOutcomeError as exc:
+            values = {
+                "reason": "outcome_unknown",
+                "error_code": exc.code,
+                "error_message": exc.message,
+            }
+            return Outcome(row, org, "unknown", {**values, **text})
+        return Outcome(
+            row,
+            org,
+            "sent",
+            {"provider_message_id": message_id, "sent_at": self.clock(), **text},
+        )
+
+    def _retry_or_fail(
+        self, row: ledger.ClaimedRow, org: OrgConfig, exc: TransientError, text: dict[str, Any]
+    ) -> Outcome:
+        values = {"error_code": exc.code, "error_message": exc.message}
+        if row.attempts >= self.settings.max_attempts:
+            return Outcome(row, org, "failed", {"reason": "retries_exhausted", **values, **text})
+        delay = planning.retry_delay(
+            row.attempts, self.settings.retry_backoff_seconds, retry_after=exc.retry_after
+        )
+        at = planning.clamp_to_window(
+            self.clock() + timedelta(seconds=delay), org.timezone, org.window
+        )
+        return Outcome(row, org, "pending", {"reason": "retrying", "next_attempt_at": at, **values})
+
+    # --- recording --------------------------------------------------------------------------
+
+    def _write(self, outcomes: list[Outcome], report: SendReport) -> None:
+        """One transaction for a group of outcomes; each row moves only out of ``sending``."""
+        now = self.clock()
+        by_status: dict[str, list[dict[str, Any]]] = {}
+        for o in outcomes:
+            row_params: dict[str, Any] = {c: o.values.get(c) for c in _OUTCOME_COLUMNS}
+            row_params.update({f"set_{c}": c in o.values for c in _KEEP_UNLESS_SET})
+            row_params["row_id"] = o.row.id
+            by_status.setdefault(o.status, []).append(row_params)
+        with self.engine.begin() as conn:
+            for o in outcomes:
+                if o.opt_out and o.row.phone_e164:
+                    ledger.add_opt_out(
+                        conn,
+                        org_id=o.org.id,
+                        phone_e164=o.row.phone_e164,
+                        source="provider",
+                        now=now,
+                    )
+            for status, group in by_status.items():
+                moved = conn.execute(_outcome_update(status, now), group).rowcount
+                if moved is not None and 0 <= moved < len(group):
+                    report.lost += len(group) - moved
+                    log.warning("%d outcomes found their rows already moved", len(group) - moved)
+        for o in outcomes:
+            counter = "retrying" if o.status == "pending" else o.status
+            setattr(report, counter, getattr(report, counter) + 1)
+            if o.status == "pending":
+                report.retry_at.append(o.values["next_attempt_at"])
+            _log_outcome(o)
+
+
+def _outcome_update(status: str, now: datetime) -> Any:
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    for c in _OUTCOME_COLUMNS:
+        if c in _KEEP_UNLESS_SET:
+            values[c] = case(
+                (bindparam(f"set_{c}"), bindparam(c, type_=Reminder.__table__.c[c].type)),
+                else_=Reminder.__table__.c[c],
+            )
+        else:
+            values[c] = bindparam(c, type_=Reminder.__table__.c[c].type)
+    return (
+        update(Reminder)
+        .where(Reminder.id == bindparam("row_id"), Reminder.status == "sending")
+        .values(values)
+    )
+
+
+def _skip_reason(row: ledger.ClaimedRow, org: OrgConfig, today: date) -> str | None:
+    """Re-check at send time what may have changed since planning."""
+    if row.sub_status != "active":
+        return "cancelled"
+    if row.sub_expires_on != row.expires_on:
+        return "renewed"
+    if row.phone_e164 is None:
+        return "invalid_phone"
+    if row.opted_out:
+        return "opted_out"
+    due = planning.due_lead((row.expires_on - today).days, org.leads)
+    if due is None:
+        return "expired"
+    if due < row.lead_days:
+        return f"stale: the {due}-day reminder is due now"
+    return None
+
+
+def _log_outcome(o: Outcome) -> None:
+    level = logging.WARNING if o.status in ("failed", "unknown") else logging.INFO
+    code = o.values.get("error_code")
+    reason = o.values.get("reason")
+    log.log(
+        level,
+        "text %s org=%s id=%d to=%s attempt=%d%s%s",
+        "retry scheduled" if o.status == "pending" else o.status,
+        o.org.slug,
+        o.row.id,
+        mask_phone(o.row.phone_e164 or o.row.phone),
+        o.row.attempts,
+        f" code={code}" if code else "",
+        f" reason={reason}" if reason else "",
+    )
