@@ -126,10 +126,24 @@ WHERE s.status = 'active'
 """
 
 
+_CANDIDATE_TABLE = """
+CREATE TEMPORARY TABLE _candidates (
+    subscription_id BIGINT, org_id BIGINT, customer_id BIGINT, expires_on DATE,
+    lead_days INTEGER, days_left INTEGER, phone VARCHAR(64), sender VARCHAR(64),
+    skip_reason VARCHAR(20), customer_name VARCHAR(200), plan VARCHAR(200),
+    amount NUMERIC(12, 2), currency VARCHAR(3)
+)"""
+
+
 def candidates(
     conn: Connection, org_days: Sequence[OrgDay], *, page: int = 5000
 ) -> Iterator[list[Candidate]]:
-    """Every due reminder the ledger lacks, streamed in pages (memory stays flat)."""
+    """Every due reminder the ledger lacks, streamed in pages (memory stays flat).
+
+    The set is computed first into a temporary table by one INSERT … SELECT per group, and only
+    then read page by page: the query that checks the ledger never runs while this plan is
+    writing to it (a lazily read cursor would probe a growing ledger at every page).
+    """
     groups: dict[tuple[date, tuple[tuple[int, int], ...]], list[int]] = {}
     for od in org_days:
         if od.offsets:
@@ -141,17 +155,22 @@ def candidates(
             params.update(
                 {f"l{j}": days_left, f"k{j}": lead, f"e{j}": local_date + timedelta(days=days_left)}
             )
-        stmt = (
-            text(_candidates_sql(conn.dialect.name, rows))
-            .bindparams(bindparam("orgs", expanding=True))
+        fill = text(
+            "INSERT INTO _candidates " + _candidates_sql(conn.dialect.name, rows)
+        ).bindparams(bindparam("orgs", expanding=True))
+        conn.execute(text("DROP TABLE IF EXISTS _candidates"))
+        conn.execute(text(_CANDIDATE_TABLE))
+        for start in range(0, len(org_ids), _ORGS_PER_STATEMENT):
+            chunk = org_ids[start : start + _ORGS_PER_STATEMENT]
+            conn.execute(fill, {**params, "orgs": chunk})
+        read = (
+            text("SELECT * FROM _candidates")
             .columns(*_RESULT_TYPES)
             .execution_options(stream_results=True, yield_per=page)
         )
-        for start in range(0, len(org_ids), _ORGS_PER_STATEMENT):
-            chunk = org_ids[start : start + _ORGS_PER_STATEMENT]
-            result = conn.execute(stmt, {**params, "orgs": chunk})
-            for part in result.partitions(page):
-                yield [cast(Any, Candidate)(*row, local_date) for row in part]
+        for part in conn.execute(read).partitions(page):
+            yield [cast(Any, Candidate)(*row, local_date) for row in part]
+        conn.execute(text("DROP TABLE _candidates"))
 
 
 def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
