@@ -11,6 +11,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Protocol
 
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
@@ -86,30 +88,37 @@ class TemplateBook:
         )
 
 
-def render_body(
-    book: TemplateBook,
-    org: OrgConfig,
-    *,
-    lead_days: int,
-    days_left: int,
-    customer_name: str,
-    plan: str,
-    expires_on: date,
-    amount: object,
-    currency: str | None,
-) -> str:
+class Renderable(Protocol):
+    """A planned or claimed ledger row: what its template needs besides the day."""
+
+    @property
+    def lead_days(self) -> int: ...
+    @property
+    def customer_name(self) -> str: ...
+    @property
+    def plan(self) -> str: ...
+    @property
+    def expires_on(self) -> date: ...
+    @property
+    def amount(self) -> Decimal | None: ...
+    @property
+    def currency(self) -> str | None: ...
+
+
+def render_body(book: TemplateBook, org: OrgConfig, item: Renderable, *, days_left: int) -> str:
+    """The text for one row on a day with ``days_left`` to go (TemplateProblem if it fails)."""
     return render(
-        book.source(org.id, lead_days),
-        customer=CustomerVars(name=customer_name),
+        book.source(org.id, item.lead_days),
+        customer=CustomerVars(name=item.customer_name),
         organization=OrganizationVars(name=org.name),
         subscription=SubscriptionVars(
-            plan=plan,
-            expires_on=expires_on,
-            amount=amount,  # type: ignore[arg-type]
-            currency=currency,
+            plan=item.plan,
+            expires_on=item.expires_on,
+            amount=item.amount,
+            currency=item.currency,
         ),
         days_left=days_left,
-        lead_days=lead_days,
+        lead_days=item.lead_days,
     )
 
 
@@ -164,17 +173,7 @@ def _planned_row(
     if c.skip_reason:
         return plan_sql.row_values(c, now=now, status="skipped", reason=c.skip_reason)
     try:
-        body = render_body(
-            book,
-            org,
-            lead_days=c.lead_days,
-            days_left=c.days_left,
-            customer_name=c.customer_name,
-            plan=c.plan,
-            expires_on=c.expires_on,
-            amount=c.amount,
-            currency=c.currency,
-        )
+        body = render_body(book, org, c, days_left=c.days_left)
     except TemplateProblem as exc:
         return plan_sql.row_values(
             c, now=now, status="failed", reason="template_error", error=str(exc)

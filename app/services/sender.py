@@ -317,17 +317,7 @@ class Sender:
         if body is None or days_left != row.days_left:
             # Always true: a text held or retried into a later day says the real days left.
             try:
-                body = render_body(
-                    book,
-                    org,
-                    lead_days=row.lead_days,
-                    days_left=days_left,
-                    customer_name=row.customer_name,
-                    plan=row.plan,
-                    expires_on=row.expires_on,
-                    amount=row.amount,
-                    currency=row.currency,
-                )
+                body = render_body(book, org, row, days_left=days_left)
             except TemplateProblem as exc:
                 return Outcome(
                     row,
