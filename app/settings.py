@@ -58,22 +58,34 @@ def parse_window(raw: str) -> tuple[time, time]:
     return first, last
 
 
+def _number(kind: type[int] | type[float], raw: str) -> float:
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"expected {what}, got {raw!r}") from None
+
+
+def _int(raw: str) -> int:
+    return int(_number(int, raw))
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value < 1:
         raise ValueError(f"expected a whole number of at least 1, got {raw!r}")
     return value
 
 
 def _non_negative_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(float, raw)
     if value < 0:
         raise ValueError(f"expected a number of at least 0, got {raw!r}")
     return value
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(float, raw)
     if value <= 0:
         raise ValueError(f"expected a number above 0, got {raw!r}")
     return value
@@ -141,7 +153,7 @@ class Settings:
     redis_url: str | None = _env("REDIS_URL", _optional_text, None, secret=True)
     redis_host: str = _env("REDIS_HOST", _text, "127.0.0.1")
     redis_port: int = _env("REDIS_PORT", _positive_int, 6379)
-    redis_db: int = _env("REDIS_DB", int, 0)
+    redis_db: int = _env("REDIS_DB", _int, 0)
     redis_password: str | None = _env("REDIS_PASSWORD", _optional_text, None, secret=True)
     twilio_account_sid: str | None = _env("TWILIO_ACCOUNT_SID", _optional_text, None)
     twilio_auth_token: str | None = _env("TWILIO_AUTH_TOKEN", _optional_text, None, secret=True)

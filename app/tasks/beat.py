@@ -11,12 +11,21 @@ from typing import Any
 
 from celery.beat import Scheduler
 
+from app.errors import ConfigError
+from app.providers import check_provider_settings
 from app.settings import get_settings
 from app.tasks.runtime import touch
 
 
 class HeartbeatScheduler(Scheduler):  # type: ignore[misc]
     def setup_schedule(self) -> None:
+        # Beat refuses to start with the same provider settings the workers would refuse.
+        from app.tasks.scheduler import refuse_to_start
+
+        try:
+            check_provider_settings(get_settings())
+        except ConfigError as exc:
+            refuse_to_start(exc)
         super().setup_schedule()
         touch(get_settings().beat_heartbeat_file)
 

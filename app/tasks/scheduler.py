@@ -8,9 +8,10 @@ prevented by the ledger's conditional claim, not by the broker: any task here ma
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from celery import Celery, bootsteps
@@ -18,6 +19,8 @@ from celery import Celery, bootsteps
 from app.config import celery_config
 from app.db import ledger
 from app.domain.planning import utcnow
+from app.errors import ConfigError
+from app.providers import check_provider_settings
 from app.services import dispatch
 from app.services.engine import load_orgs, plan_day
 from app.settings import get_settings
@@ -25,8 +28,20 @@ from app.tasks import runtime
 
 log = logging.getLogger("app.tasks")
 
+def refuse_to_start(exc: ConfigError) -> NoReturn:
+    """One line naming what is wrong, then out: a misconfigured service must not half-run."""
+    sys.stderr.write(f"error: {exc}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+try:
+    _settings = get_settings()
+except ConfigError as _exc:
+    refuse_to_start(_exc)
+
 app = Celery("reminders")
-app.conf.update(celery_config.build(get_settings()))
+app.conf.update(celery_config.build(_settings))
 
 app.user_options["worker"].add(
     click.Option(
@@ -41,6 +56,11 @@ class _ProviderFactoryStep(bootsteps.Step):  # type: ignore[misc]
     """Carries ``--sms-provider-factory`` into the runtime before the pool forks."""
 
     def __init__(self, parent: Any, sms_provider_factory: str | None = None, **options: Any):
+        if not sms_provider_factory:
+            try:
+                check_provider_settings(_settings)
+            except ConfigError as exc:
+                refuse_to_start(exc)
         runtime.set_provider_factory(sms_provider_factory)
         super().__init__(parent, **options)
 
