@@ -44,9 +44,8 @@ class _Form(dict[str, list[str]]):
         return values[-1] if values else None
 
 
-def check_webhook_settings(settings: Settings) -> None:
-    """Without the token and the public URL no signature can be checked: refuse to start."""
-    missing = [
+def missing_webhook_settings(settings: Settings) -> list[str]:
+    return [
         name
         for name, value in (
             ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
@@ -54,7 +53,16 @@ def check_webhook_settings(settings: Settings) -> None:
         )
         if not value
     ]
-    if missing:
+
+
+def check_webhook_settings(settings: Settings) -> None:
+    """With Twilio, no token or public URL means no signature can be checked: refuse to start.
+
+    With the console provider nothing calls back, so the webhook starts closed: ``/healthz``
+    answers and every callback is refused with 403.
+    """
+    missing = missing_webhook_settings(settings)
+    if missing and settings.sms_provider == "twilio":
         raise ConfigError(
             f"the webhook needs {' and '.join(missing)} to verify Twilio's signatures"
         )
@@ -67,12 +75,13 @@ class WebhookApp:
         self, settings: Settings, engine: Engine, *, clock: Callable[[], datetime] = utcnow
     ) -> None:
         check_webhook_settings(settings)
-        assert settings.twilio_auth_token and settings.webhook_base_url
         self.settings = settings
         self.engine = engine
         self.clock = clock
-        self.base_url = settings.webhook_base_url.rstrip("/")
-        self.validator = RequestValidator(settings.twilio_auth_token)
+        self.base_url = (settings.webhook_base_url or "").rstrip("/")
+        token = settings.twilio_auth_token
+        # No token or public URL (console provider only): no signature can be valid.
+        self.validator = RequestValidator(token) if token and settings.webhook_base_url else None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -102,7 +111,7 @@ class WebhookApp:
 
     def _signed(self, environ: Environ, path: str, form: _Form) -> bool:
         signature = environ.get("HTTP_X_TWILIO_SIGNATURE", "")
-        if not signature:
+        if not signature or self.validator is None:
             return False
         query = environ.get("QUERY_STRING", "")
         url = self.base_url + path + (f"?{query}" if query else "")
@@ -186,6 +195,12 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, settings: Settings | Non
     server = make_webhook_server(
         host, port, settings=settings, engine=get_engine(settings.database_url)
     )
+    missing = missing_webhook_settings(settings)
+    if missing:
+        log.warning(
+            "no %s: every Twilio callback is refused (403) until it is set",
+            " and ".join(missing),
+        )
     log.info(
         "webhook listening on http://%s:%d (Twilio posts to %s%s and %s%s)",
         host,

@@ -64,5 +64,11 @@ def test_reconcile_rejects_a_bad_date(cli: Cli, sqlite_db: Engine) -> None:
 
 
 def test_webhook_refuses_without_a_public_url(cli: Cli, sqlite_db: Engine) -> None:
-    error = cli("webhook", "--port", "0", env={"TWILIO_AUTH_TOKEN": "t"}).error
+    twilio = {
+        "SMS_PROVIDER": "twilio",
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "TWILIO_AUTH_TOKEN": "t",
+        "TWILIO_FROM_NUMBER": "+15005550006",
+    }
+    error = cli("webhook", "--port", "0", env=twilio).error
     assert "WEBHOOK_BASE_URL" in error

@@ -97,8 +97,28 @@ def test_healthz(client: Client) -> None:
 
 
 def test_refuses_to_start_without_token_or_public_url(engine: Engine) -> None:
+    twilio = Settings(sms_provider="twilio", twilio_auth_token="x")
     with pytest.raises(ConfigError, match="WEBHOOK_BASE_URL"):
-        make_webhook_server("127.0.0.1", 0, settings=Settings(twilio_auth_token="x"), engine=engine)
+        make_webhook_server("127.0.0.1", 0, settings=twilio, engine=engine)
+
+
+def test_with_the_console_provider_it_starts_closed(engine: Engine) -> None:
+    """Nothing calls back without Twilio: healthy, but every callback is refused."""
+    server = make_webhook_server("127.0.0.1", 0, settings=Settings(), engine=engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert requests.get(base + "/healthz", timeout=5).status_code == 200
+        posted = requests.post(
+            base + "/twilio/inbound",
+            data={"From": "+12025550100", "To": "+15005550006", "Body": "STOP"},
+            headers={"X-Twilio-Signature": "anything"},
+            timeout=5,
+        )
+        assert posted.status_code == 403
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_valid_status_callback_updates_the_row(engine: Engine, client: Client) -> None:
