@@ -197,6 +197,19 @@ class Settings:
         return self.redis_connection_url
 
     @property
+    def redis_configured(self) -> bool:
+        """Whether this deployment has a Redis (set up explicitly, or the broker is Redis)."""
+        default = Settings()
+        broker = self.celery_broker_url or ""
+        return bool(
+            self.redis_url
+            or self.redis_password
+            or broker.startswith(("redis://", "rediss://"))
+            or self.redis_host != default.redis_host
+            or self.redis_port != default.redis_port
+        )
+
+    @property
     def redis_connection_url(self) -> str:
         """The Redis used for shared state (rate limits), whatever the broker is."""
         if self.redis_url:

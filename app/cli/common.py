@@ -14,7 +14,7 @@ from app.db.session import get_engine
 from app.domain.planning import utcnow
 from app.logs import configure_logging
 from app.providers import build_provider, check_provider_settings
-from app.services.ratelimit import LocalRateLimiter
+from app.services.ratelimit import FallbackRateLimiter, LocalRateLimiter, RateLimiter
 from app.services.sender import Sender
 from app.settings import Settings, get_settings
 
@@ -36,8 +36,17 @@ def make_sender() -> Sender:
     s = settings()
     check_provider_settings(s)
     configure_logging(s, stream=sys.stderr)
-    return Sender(
-        engine=engine(), provider=build_provider(s), settings=s, limiter=LocalRateLimiter()
+    return Sender(engine=engine(), provider=build_provider(s), settings=s, limiter=_limiter(s))
+
+
+def _limiter(s: Settings) -> RateLimiter:
+    """Share the per-sender limit with the workers when there is a Redis to share it through."""
+    if not s.redis_configured:
+        return LocalRateLimiter()
+    from app.services.ratelimit_redis import RedisRateLimiter
+
+    return FallbackRateLimiter(
+        RedisRateLimiter.from_url(s.redis_connection_url), LocalRateLimiter()
     )
 
 

@@ -10,9 +10,12 @@ Redis-backed limiter, so the limit holds across every worker process and host.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Protocol
+
+log = logging.getLogger("app.ratelimit")
 
 
 class RateLimiter(Protocol):
@@ -51,3 +54,26 @@ class NoRateLimit:
         self, key: str, rate: float, count: int, max_wait: float
     ) -> tuple[float, int, float]:
         return 0.0, count, 0.0
+
+
+class FallbackRateLimiter:
+    """The shared limiter while it answers; this process's own if it does not (logged once)."""
+
+    def __init__(self, primary: RateLimiter, fallback: RateLimiter) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._failed = False
+
+    def reserve(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        if not self._failed:
+            try:
+                return self._primary.reserve(key, rate, count, max_wait)
+            except Exception as exc:  # noqa: BLE001 - any failure of the shared store
+                self._failed = True
+                log.warning(
+                    "shared rate limit unavailable (%s): limiting within this process only",
+                    type(exc).__name__,
+                )
+        return self._fallback.reserve(key, rate, count, max_wait)
