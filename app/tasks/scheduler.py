@@ -28,6 +28,7 @@ from app.tasks import runtime
 
 log = logging.getLogger("app.tasks")
 
+
 def refuse_to_start(exc: ConfigError) -> NoReturn:
     """One line naming what is wrong, then out: a misconfigured service must not half-run."""
     sys.stderr.write(f"error: {exc}\n")
