@@ -65,6 +65,8 @@ class Recorded:
     status: str = "queued"
     date_sent: datetime | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # time.monotonic() when the request had been read: what a per-sender rate check looks at.
+    received: float = 0.0
 
     def as_json(self, account_sid: str) -> dict[str, Any]:
         return {
@@ -218,7 +220,17 @@ class FakeTwilio:
                 found.times -= 1
             return found
 
-    def _record(self, form: dict[str, str]) -> Recorded:
+    def write_record(self, path: str) -> None:
+        """One line per accepted message: sender (From or MessagingServiceSid), To, received."""
+        with self._lock:
+            lines = [
+                f"{m.from_ or m.messaging_service_sid}\t{m.to}\t{m.received:.6f}\n"
+                for m in self.messages
+            ]
+        with open(path, "w", encoding="utf-8") as out:
+            out.writelines(lines)
+
+    def _record(self, form: dict[str, str], received: float | None = None) -> Recorded:
         now = datetime.now(UTC)
         rec = Recorded(
             sid=_new_sid(),
@@ -229,6 +241,7 @@ class FakeTwilio:
             status_callback=form.get("StatusCallback"),
             date_created=now,
             status="accepted" if form.get("MessagingServiceSid") else "queued",
+            received=time.monotonic() if received is None else received,
         )
         with self._lock:
             self.messages.append(rec)
@@ -272,6 +285,10 @@ def _matches(m: Recorded, query: dict[str, str]) -> bool:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The default backlog of 5 overflows when a worker opens a hundred connections at once: the
+    # kernel then drops a handshake's last ACK and the request sent on it is lost, which the
+    # adapter rightly reports as an unknown outcome. The real API never does that.
+    request_queue_size = 1024
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (read timeout) closes first: writing the late answer then fails.
@@ -332,6 +349,7 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             raw = self.rfile.read(length).decode()
+            received = time.monotonic()
             form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
             with fake._lock:
                 fake.requests.append(("POST", self.path, form))
@@ -347,10 +365,10 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
                 return self._error(400, 21603, "A 'From' or 'MessagingServiceSid' is required.")
             behaviour = fake._behaviour_for(form["To"])
             if behaviour is None:
-                rec = fake._record(form)
+                rec = fake._record(form, received)
                 return self._send_json(201, rec.as_json(fake.account_sid))
             if behaviour.accept:
-                fake._record(form)
+                fake._record(form, received)
             if behaviour.delay:
                 time.sleep(behaviour.delay)
             if behaviour.drop:
@@ -358,7 +376,7 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
                 self.connection.close()
                 return None
             if behaviour.status < 300:
-                rec = fake._record(form)
+                rec = fake._record(form, received)
                 return self._send_json(behaviour.status, rec.as_json(fake.account_sid))
             headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else None
             return self._error(behaviour.status, behaviour.code, behaviour.message, headers)
@@ -412,6 +430,9 @@ def main() -> None:
     )
     parser.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID)
     parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
+    parser.add_argument(
+        "--record", metavar="FILE", help="on exit, write sender, To, received (monotonic) per text"
+    )
     args = parser.parse_args()
     if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
         parser.error("the fake only listens on the loopback interface")
@@ -431,6 +452,8 @@ def main() -> None:
         pass
     finally:
         fake._server.server_close()
+        if args.record:
+            fake.write_record(args.record)
         print(f"accepted {len(fake.messages)} messages", flush=True)
 
 
