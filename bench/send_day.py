@@ -237,14 +237,19 @@ def main() -> None:
         "--concurrency",
         type=int,
         default=None,
-        help="SMS_CONCURRENCY per process (default 32 console, 128 twilio)",
+        help="SMS_CONCURRENCY per process (default 32 console, 256 twilio)",
     )
-    parser.add_argument("--batch", type=int, default=200, help="SMS_BATCH_SIZE")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="SMS_BATCH_SIZE (default 200 console, 1000 twilio)"
+    )
     parser.add_argument("--log-level", default="INFO", help="the worker's LOG_LEVEL")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
     twilio = args.provider == "twilio"
-    concurrency = args.concurrency or (128 if twilio else 32)
+    concurrency = args.concurrency or (256 if twilio else 32)
+    # A process works one batch at a time and books its slots per sender: a bigger batch keeps
+    # each sender's slot timeline booked while the other process claims and writes its own.
+    batch = args.batch or (1000 if twilio else 200)
     senders: list[str | None] = [sender_of(k) for k in range(args.senders)] if twilio else [None]
     rate = args.rate if twilio else 1_000_000.0
 
@@ -271,7 +276,7 @@ def main() -> None:
         SMS_CONSOLE_OUTPUT=str(out),
         SMS_RATE_PER_SECOND=str(rate),
         SMS_CONCURRENCY=str(concurrency),
-        SMS_BATCH_SIZE=str(args.batch),
+        SMS_BATCH_SIZE=str(batch),
         WORKER_HEARTBEAT_FILE=str(tmp / "worker.heartbeat"),
         LOG_LEVEL=args.log_level,
     )
@@ -294,7 +299,7 @@ def main() -> None:
             print(
                 f"fake Twilio at {base_url}, answering after {args.delay_ms:g} ms;"
                 f" {len(senders)} senders x {rate:g}/s = {len(senders) * rate:,.0f}/s allowed;"
-                f" SMS_CONCURRENCY={concurrency}, SMS_BATCH_SIZE={args.batch}"
+                f" SMS_CONCURRENCY={concurrency}, SMS_BATCH_SIZE={batch}"
             )
         from app.db.migrate import upgrade
 
@@ -379,6 +384,7 @@ def main() -> None:
             once = len(calls) == args.texts and max(calls.values()) == 1
             print(f"console file:            {len(calls):,} numbers, each exactly once: {once}")
             ok = ok and once
+        assert first is not None and last is not None, "nothing was sent"
         send_span = (last - first).total_seconds()
         print(f"ledger:                  {statuses}")
         print(f"end to end (plan + send): {elapsed:.1f} s = {sent / elapsed:,.0f} texts/s")

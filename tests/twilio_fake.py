@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -271,11 +272,12 @@ def _matches(m: Recorded, query: dict[str, str]) -> bool:
     if "From" in query and m.from_ != query["From"]:
         return False
     sent = m.date_sent.date().isoformat() if m.date_sent else None
-    for key, test in (
+    tests: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
         ("DateSent", lambda s, d: s == d),
         ("DateSent>", lambda s, d: s >= d),
         ("DateSent<", lambda s, d: s <= d),
-    ):
+    )
+    for key, test in tests:
         if key in query:
             wanted = _date_of(query[key].lstrip("<>="))
             if sent is None or not test(sent, wanted):
