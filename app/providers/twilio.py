@@ -7,21 +7,17 @@ have reached Twilio) is never resent blindly but settled by reconciliation, whic
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlencode
 
+import aiohttp
 import requests
 from requests.adapters import HTTPAdapter
-from requests.auth import _basic_auth_str
-from requests.models import PreparedRequest
-from requests.structures import CaseInsensitiveDict
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
-from twilio.http.response import Response
 from twilio.rest import Client
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -40,6 +36,7 @@ from app.providers.base import (
     TransientError,
     UnknownOutcomeError,
 )
+from app.providers.twilio_async import AsyncHttpClient, LoopThread, last_retry_after
 from app.settings import Settings
 
 log = logging.getLogger("app.sms.twilio")
@@ -122,97 +119,24 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 _FORM = "application/x-www-form-urlencoded"
 
 
-def _form_body(data: dict[str, object]) -> str:
-    """The form body exactly as requests encodes a dict: lists repeat the key, None is left out."""
-    pairs: list[tuple[str, object]] = []
-    for key, value in data.items():
-        if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
-            if value is not None:
-                pairs.append((key, value))
-        else:
-            pairs.extend((key, v) for v in value if v is not None)
-    return urlencode(pairs)
-
-
 class _HttpClient(TwilioHttpClient):  # type: ignore[misc]  # the library ships no types
-    """The library's requests-based client with a pool sized for many sends in flight.
+    """The library's requests-based client, for reconciliation's lookups (sends go async).
 
-    ``Retry-After`` is not kept on the library's exceptions, so it is stored per thread: each
-    send runs the whole request on its own thread, so the value read afterwards is that request's.
-
-    A form POST (every send) skips requests' ``Session`` layer, which merged cookies, hooks and
-    settings on every call and cost about a third of a send's CPU: the request is prepared here
-    and handed to the same transport adapter, so timeouts, the connection pool and every
-    exception raised are requests' own, exactly as before.
+    Explicit (connect, read) timeouts, a pool for the lookups in flight, and nothing read from
+    the environment: the settings object is the only source of configuration.
     """
 
     def __init__(
         self, *, connect_timeout: float, read_timeout: float, pool_size: int, logger: logging.Logger
     ) -> None:
-        self._local = threading.local()
-        super().__init__(
-            pool_connections=True,
-            request_hooks={"response": [self._remember_response]},
-            logger=logger,
-        )
+        super().__init__(pool_connections=True, logger=logger)
         # requests takes (connect, read); the base class only type-checks a single float.
         self.timeout = (connect_timeout, read_timeout)  # type: ignore[assignment]
         assert self.session is not None
-        # No proxy or CA settings from the environment: the settings object is the only source
-        # of configuration, and scanning os.environ on every request costs ~15% of a send's CPU.
         self.session.trust_env = False
-        self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
         for scheme in ("https://", "http://"):
-            self.session.mount(scheme, self._adapter)
-        self._auth_header: tuple[tuple[str, str], str] | None = None
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        params: dict[str, object] | None = None,
-        data: dict[str, object] | None = None,
-        headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        timeout: float | None = None,
-        allow_redirects: bool = False,
-    ) -> Response:
-        form = headers is not None and headers.get("Content-Type") == _FORM
-        if params or not form or not isinstance(auth, tuple) or method.upper() != "POST":
-            return super().request(  # lists (reconciliation) take the library's full path
-                method, url, params, data, headers, auth, timeout, allow_redirects
-            )
-        assert headers is not None
-        prepared = PreparedRequest()
-        prepared.method = "POST"
-        prepared.url = url
-        prepared.headers = CaseInsensitiveDict(headers)
-        prepared.body = _form_body(data or {})
-        prepared.headers["Content-Length"] = str(len(prepared.body))
-        prepared.headers["Authorization"] = self._basic_auth(auth)
-        response = self._adapter.send(
-            prepared, timeout=self.timeout if timeout is None else timeout, proxies={}
-        )
-        self._local.retry_after = response.headers.get("Retry-After")
-        return Response(int(response.status_code), response.text, response.headers)
-
-    def _basic_auth(self, auth: tuple[str, str]) -> str:
-        cached = self._auth_header
-        if cached is None or cached[0] != auth:
-            cached = (auth, _basic_auth_str(*auth))
-            self._auth_header = cached
-        return cached[1]
-
-    def _remember_response(self, response: requests.Response, *_: Any, **__: Any) -> None:
-        self._local.retry_after = response.headers.get("Retry-After")
-
-    def forget_response(self) -> None:
-        self._local.retry_after = None
-
-    @property
-    def last_retry_after(self) -> str | None:
-        value: str | None = getattr(self._local, "retry_after", None)
-        return value
+            self.session.mount(scheme, adapter)
 
     def close(self) -> None:
         if self.session is not None:
@@ -220,7 +144,12 @@ class _HttpClient(TwilioHttpClient):  # type: ignore[misc]  # the library ships 
 
 
 class TwilioProvider:
-    """One instance per process (after fork); thread-safe, one connection pool for all sends."""
+    """One instance per process (after fork); thread-safe.
+
+    Sends go through the library's async path on one event loop per process (started on the
+    first send), called from the engine's threads; reconciliation's lookups use the
+    requests-based client, whose pages the library only iterates synchronously.
+    """
 
     name = "twilio"
     can_reconcile = True
@@ -233,35 +162,54 @@ class TwilioProvider:
         http_logger = logging.getLogger("app.sms.twilio.http")
         # The library logs every request line (with phone numbers) at INFO: too much at 1,000/s.
         http_logger.setLevel(logging.WARNING)
+        connect_timeout = min(5.0, settings.twilio_timeout_seconds)
+        read_timeout = settings.twilio_timeout_seconds
+        base_url = settings.twilio_api_base_url.rstrip("/")
         self._http = _HttpClient(
-            connect_timeout=min(5.0, settings.twilio_timeout_seconds),
-            read_timeout=settings.twilio_timeout_seconds,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             pool_size=pool_size or max(settings.send_concurrency + 8, 10),
             logger=http_logger,
         )
-        self._client = Client(
-            settings.twilio_account_sid,
-            settings.twilio_auth_token,
-            http_client=self._http,
-            # A non-empty mapping so the library reads nothing (TWILIO_EDGE, ...) from os.environ:
-            # the settings object is the only source of configuration.
-            environment={"SMS_PROVIDER": "twilio"},
+        self._messages = self._client(settings, self._http, base_url).api.v2010.account.messages
+        self._loop = LoopThread("twilio-http")
+        self._async_http = AsyncHttpClient(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, logger=http_logger
         )
-        self._client.api.base_url = settings.twilio_api_base_url.rstrip("/")
-        self._messages = self._client.api.v2010.account.messages
-        # Sends go one level below ``messages.create``: the same request and the same
+        async_messages = self._client(settings, self._async_http, base_url).api.v2010.account
+        # Sends go one level below ``messages.create_async``: the same request and the same
         # TwilioRestException on an error answer, without building a MessageInstance (dates,
         # prices, subresources) of which only the SID is read.
-        self._version = self._messages._version
-        self._create_uri = self._messages._uri
+        self._version = async_messages.messages._version
+        self._create_uri = async_messages.messages._uri
+        # A last resort if the loop itself stalls: the HTTP timeouts normally end a send first.
+        self._deadline = connect_timeout + 2 * read_timeout + 5.0
         self._status_callback = (
             settings.webhook_base_url.rstrip("/") + STATUS_CALLBACK_PATH
             if settings.webhook_base_url
             else None
         )
 
+    @staticmethod
+    def _client(settings: Settings, http_client: Any, base_url: str) -> Client:
+        client = Client(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token,
+            http_client=http_client,
+            # A non-empty mapping so the library reads nothing (TWILIO_EDGE, ...) from os.environ:
+            # the settings object is the only source of configuration.
+            environment={"SMS_PROVIDER": "twilio"},
+        )
+        client.api.base_url = base_url
+        return client
+
     def close(self) -> None:
         self._http.close()
+        if self._loop.started:
+            try:
+                self._loop.submit(self._async_http.close()).result(timeout=5)
+            finally:
+                self._loop.stop()
 
     def send(self, to: str, body: str, sender: str | None) -> str:
         fields = sender_fields(sender, self._settings)
@@ -273,16 +221,25 @@ class TwilioProvider:
         else:
             data["MessagingServiceSid"] = fields["messaging_service_sid"]
         data["Body"] = body
-        self._http.forget_response()
+        future = self._loop.submit(self._create(data))
         try:
-            payload = self._version.create(
+            return future.result(timeout=self._deadline)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise UnknownOutcomeError(
+                "no answer from the Twilio send loop in time: the text may have been accepted"
+            ) from None
+
+    async def _create(self, data: dict[str, object]) -> str:
+        try:
+            payload = await self._version.create_async(
                 method="POST",
                 uri=self._create_uri,
                 data=data,
                 headers={"Content-Type": _FORM, "Accept": "application/json"},
             )
-        except (TwilioException, requests.RequestException, ValueError) as exc:
-            raise self._classify(exc) from None
+        except (TwilioException, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise self._classify(exc, last_retry_after()) from None
         sid = payload.get("sid") if isinstance(payload, dict) else None
         if not sid:
             raise UnknownOutcomeError("Twilio accepted the request but returned no message SID")
@@ -301,7 +258,6 @@ class TwilioProvider:
         if "from_" in fields:
             query["from_"] = fields["from_"]
         earliest = since - _CLOCK_SKEW
-        self._http.forget_response()
         try:
             for message in self._messages.stream(**query):
                 created = message.date_created
@@ -317,14 +273,13 @@ class TwilioProvider:
                     status=str(message.status) if message.status else None,
                 )
         except (TwilioException, requests.RequestException, ValueError) as exc:
-            error = self._classify(exc)
+            error = self._classify(exc, None)
             # A lookup changes nothing at Twilio: whatever went wrong, asking again is safe.
             raise TransientError(error.message, code=error.code) from None
         return None
 
-    def _classify(self, exc: Exception) -> ProviderError:
-        retry_after = parse_retry_after(self._http.last_retry_after)
-        error = classify_error(exc, retry_after=retry_after)
+    def _classify(self, exc: Exception, retry_after: str | None) -> ProviderError:
+        error = classify_error(exc, retry_after=parse_retry_after(retry_after))
         # Belt and braces: no message built from a response or exception may carry the token.
         error.message = error.message.replace(self._token, "(hidden)")
         error.args = (error.message,)
@@ -346,17 +301,22 @@ def classify_error(exc: BaseException, *, retry_after: float | None = None) -> P
         if 400 <= status < 500:
             return PermanentError(text, code=code or str(status), opted_out=code == OPTED_OUT_CODE)
         return UnknownOutcomeError(text, code=code or str(status))
-    if isinstance(exc, requests.ConnectTimeout):
+    if isinstance(exc, requests.ConnectTimeout | aiohttp.ConnectionTimeoutError):
         return TransientError("Twilio connect timeout: request not sent", retry_after=retry_after)
-    if isinstance(exc, requests.ReadTimeout):
+    if isinstance(exc, requests.ReadTimeout | TimeoutError):
         return UnknownOutcomeError("Twilio read timeout: the text may have been accepted")
-    if isinstance(exc, requests.ConnectionError):
+    not_sent: BaseException | None = None
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS handshake, proxy
+        not_sent = exc
+    elif isinstance(exc, requests.ConnectionError):
         reason = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
-        if isinstance(reason, _NOT_SENT_REASONS):
-            return TransientError(
-                f"cannot connect to Twilio ({type(reason).__name__}): request not sent",
-                retry_after=retry_after,
-            )
+        not_sent = reason if isinstance(reason, _NOT_SENT_REASONS) else None
+    if not_sent is not None:
+        return TransientError(
+            f"cannot connect to Twilio ({type(not_sent).__name__}): request not sent",
+            retry_after=retry_after,
+        )
+    if isinstance(exc, requests.ConnectionError | aiohttp.ClientError):
         return UnknownOutcomeError(
             "connection to Twilio broke after the request was sent: the text may have been accepted"
         )
