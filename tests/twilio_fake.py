@@ -517,11 +517,15 @@ class _AsyncServer:
     def close(self) -> None:
         # Kept-alive connections would wait for their next request for ever: end them here.
         self.server.close()
-        tasks = asyncio.all_tasks(self.loop)
+        self.loop.run_until_complete(self._end_connections())
+        self.loop.close()
+
+    @staticmethod
+    async def _end_connections() -> None:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
         for task in tasks:
             task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self.loop.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def parse_date(value: str) -> datetime:
@@ -558,9 +562,9 @@ def main() -> None:
     try:
         server.serve_forever()
     finally:
-        server.close()
         if args.record:
             fake.write_record(args.record)
+        server.close()
         print(f"accepted {len(fake.messages)} messages", flush=True)
 
 
