@@ -10,7 +10,6 @@ in ``sending``, an unknown outcome that reconciliation settles (never a blind re
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -70,26 +69,20 @@ class SendReport:
         self.retry_at.extend(other.retry_at)
 
 
-class _Pacer:
-    """Waits until a text's rate-limit slot, measured from the batch's first send.
+def monotonic() -> float:
+    """The OS monotonic clock, read directly: rate pacing is about real elapsed time, whatever
+    the business clock says (tests freeze that one; this one keeps running)."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
-    The clock is read only on the sending threads, so every reading comes from one clock.
-    """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._start: float | None = None
+@dataclass(frozen=True)
+class Slot:
+    """When one text may go out for its sender, and how to book another if it is missed."""
 
-    def wait(self, offset: float) -> None:
-        if offset <= 0:
-            return
-        with self._lock:
-            if self._start is None:
-                self._start = time.monotonic()
-            start = self._start
-        remaining = start + offset - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
+    at: float  # monotonic()
+    key: str
+    rate: float
+    spacing: float  # 0 when nothing is limited
 
 
 @dataclass
@@ -219,20 +212,23 @@ class Sender:
 
     def _book_slots(
         self, rows: list[ledger.ClaimedRow], orgs: dict[int, OrgConfig], report: SendReport
-    ) -> list[tuple[ledger.ClaimedRow, float]]:
-        """Book rate-limit slots per sender for the whole batch (one round trip per sender);
-        each row gets its slot as seconds after the batch's first send."""
+    ) -> list[tuple[ledger.ClaimedRow, Slot]]:
+        """Book rate-limit slots per sender for the whole batch (one round trip per sender)."""
         by_key: dict[str, list[ledger.ClaimedRow]] = {}
         for row in rows:
             by_key.setdefault(self.rate_key(orgs[row.org_id]), []).append(row)
-        schedule: list[tuple[ledger.ClaimedRow, float]] = []
+        schedule: list[tuple[ledger.ClaimedRow, Slot]] = []
         for key, group in by_key.items():
             org = orgs[group[0].org_id]
             rate = org.rate_per_second or self.settings.rate_per_second
+            booked = monotonic()
             first, granted, spacing = self.limiter.reserve(
                 key, rate, len(group), self.max_rate_wait
             )
-            schedule.extend((row, first + i * spacing) for i, row in enumerate(group[:granted]))
+            schedule.extend(
+                (row, Slot(booked + first + i * spacing, key, rate, spacing))
+                for i, row in enumerate(group[:granted])
+            )
             rest = group[granted:]
             if rest:
                 later = self.clock() + timedelta(seconds=first + granted * spacing)
@@ -241,21 +237,20 @@ class Sender:
                 log.info(
                     "rate limit of %s: %d texts wait until %s", key, len(rest), later.isoformat()
                 )
-        schedule.sort(key=lambda item: item[1])
+        schedule.sort(key=lambda item: item[1].at)
         return schedule
 
     def _send_all(
         self,
-        schedule: list[tuple[ledger.ClaimedRow, float]],
+        schedule: list[tuple[ledger.ClaimedRow, Slot]],
         orgs: dict[int, OrgConfig],
         book: TemplateBook,
         on_date: date | None,
         report: SendReport,
     ) -> None:
-        pacer = _Pacer()
         pending: set[Future[Outcome]] = {
-            self._pool.submit(self._send_one, row, orgs[row.org_id], book, on_date, pacer, offset)
-            for row, offset in schedule
+            self._pool.submit(self._send_one, row, orgs[row.org_id], book, on_date, slot)
+            for row, slot in schedule
         }
         buffer: list[Outcome] = []
         first_buffered = 0.0
@@ -263,12 +258,12 @@ class Sender:
             done, pending = wait(pending, timeout=FLUSH_SECONDS, return_when=FIRST_COMPLETED)
             for fut in done:
                 if not buffer:
-                    first_buffered = time.monotonic()
+                    first_buffered = monotonic()
                 buffer.append(fut.result())
             if buffer and (
                 len(buffer) >= FLUSH_ROWS
                 or not pending
-                or time.monotonic() - first_buffered >= FLUSH_SECONDS
+                or monotonic() - first_buffered >= FLUSH_SECONDS
             ):
                 self._write(buffer, report)
                 buffer = []
@@ -281,11 +276,10 @@ class Sender:
         org: OrgConfig,
         book: TemplateBook,
         on_date: date | None,
-        pacer: _Pacer,
-        offset: float,
+        slot: Slot,
     ) -> Outcome:
         try:
-            return self._checked_send(row, org, book, on_date, pacer, offset)
+            return self._checked_send(row, org, book, on_date, slot)
         except Exception:
             log.exception("unexpected error sending ledger row %d of %s", row.id, org.slug)
             return Outcome(
@@ -305,8 +299,7 @@ class Sender:
         org: OrgConfig,
         book: TemplateBook,
         on_date: date | None,
-        pacer: _Pacer,
-        offset: float,
+        slot: Slot,
     ) -> Outcome:
         today = org.today(self.clock(), on_date)
         skip = _skip_reason(row, org, today)
@@ -336,7 +329,13 @@ class Sender:
             "segments": info.segments,
             "encoding": info.encoding,
         }
-        pacer.wait(offset)
+        if not self._wait_for(slot):
+            return Outcome(
+                row,
+                org,
+                "pending",
+                {"reason": "rate_limited", "next_attempt_at": self.clock() + timedelta(seconds=1)},
+            )
         assert row.phone_e164 is not None
         try:
             message_id = self.provider.send(row.phone_e164, body, org.sender)
@@ -359,6 +358,24 @@ class Sender:
             "sent",
             {"provider_message_id": message_id, "sent_at": self.clock(), **text},
         )
+
+    def _wait_for(self, slot: Slot) -> bool:
+        """Sleep until the slot; a slot missed by more than half a spacing (a stalled process)
+        is given up and a fresh one booked, so late texts never bunch up on a sender."""
+        at = slot.at
+        for _ in range(3):
+            now = monotonic()
+            if now < at:
+                time.sleep(at - now)
+                now = monotonic()
+            if not slot.spacing or now - at <= slot.spacing / 2:
+                return True
+            booked = monotonic()
+            first, granted, _ = self.limiter.reserve(slot.key, slot.rate, 1, self.max_rate_wait)
+            if not granted:
+                return False
+            at = booked + first
+        return False
 
     def _retry_or_fail(
         self, row: ledger.ClaimedRow, org: OrgConfig, exc: TransientError, text: dict[str, Any]

@@ -355,3 +355,34 @@ def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine:
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert min(gaps) >= 0.04  # 1/20 s apart, allowing for timer slack
     assert provider.sent[0][2] == "+12025550999"
+
+
+def test_a_stalled_sender_books_fresh_slots_instead_of_bursting(engine: Engine) -> None:
+    """Texts whose slots passed while the process stalled do not go out back to back."""
+    import itertools
+    import time
+
+    from app.services.ratelimit import LocalRateLimiter
+
+    today = utcnow().date()
+    org = make_org(engine, now=utcnow(), send_window="00:00-00:00", sender="+12025550998")
+    for i in range(8):
+        phone = f"+1202555{2000 + i}"
+        add_subscription(engine, org, expires_on=today + timedelta(days=3), phone=phone)
+    stamps: list[float] = []
+
+    class Stalling(RecordingProvider):
+        def send(self, to: str, body: str, sender: str | None) -> str:
+            stamps.append(time.monotonic())
+            if len(stamps) == 1:
+                time.sleep(0.4)  # the process stalls: the next slots all pass
+            return super().send(to, body, sender)
+
+    s = make_sender(engine, Stalling(), send_concurrency=1, rate_per_second=20.0)
+    s.limiter = LocalRateLimiter()
+    try:
+        assert run(engine, s)["sent"] == 8
+    finally:
+        s.close()
+    gaps = [b - a for a, b in itertools.pairwise(sorted(stamps))]
+    assert min(gaps) >= 0.025  # at least half the 1/20 s spacing, even right after the stall
