@@ -37,6 +37,8 @@ FLUSH_ROWS = 100
 FLUSH_SECONDS = 0.05
 # A row whose rate-limit slot is further away than this goes back to the ledger for later.
 MAX_RATE_WAIT = 20.0
+# A text may leave this late for its slot (thread wake-up jitter) before a new slot is booked.
+LATE_TOLERANCE = 0.05
 
 
 COUNTERS = ("sent", "failed", "skipped", "retrying", "unknown", "held", "deferred", "lost")
@@ -334,7 +336,12 @@ class Sender:
                 row,
                 org,
                 "pending",
-                {"reason": "rate_limited", "next_attempt_at": self.clock() + timedelta(seconds=1)},
+                {
+                    "reason": "retrying",
+                    "error_code": "rate_limited",
+                    "error_message": "no rate-limit slot for this sender in time",
+                    "next_attempt_at": self.clock() + timedelta(seconds=1),
+                },
             )
         assert row.phone_e164 is not None
         try:
@@ -360,15 +367,16 @@ class Sender:
         )
 
     def _wait_for(self, slot: Slot) -> bool:
-        """Sleep until the slot; a slot missed by more than half a spacing (a stalled process)
+        """Sleep until the slot; a slot missed by more than the tolerance (a stalled process)
         is given up and a fresh one booked, so late texts never bunch up on a sender."""
         at = slot.at
-        for _ in range(3):
+        tolerance = max(slot.spacing / 2, LATE_TOLERANCE)
+        for _ in range(5):
             now = monotonic()
             if now < at:
                 time.sleep(at - now)
                 now = monotonic()
-            if not slot.spacing or now - at <= slot.spacing / 2:
+            if not slot.spacing or now - at <= tolerance:
                 return True
             booked = monotonic()
             first, granted, _ = self.limiter.reserve(slot.key, slot.rate, 1, self.max_rate_wait)
