@@ -43,8 +43,17 @@ class RedisRateLimiter:
         self._reserve: Any = client.register_script(_RESERVE)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisRateLimiter:
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+    def from_url(cls, url: str, *, max_connections: int = 32) -> RedisRateLimiter:
+        # Many sending threads share a few connections: a thread waits for a free one
+        # instead of failing with "too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=10,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+        )
+        return cls(redis.Redis(connection_pool=pool))
 
     def reserve(
         self, key: str, rate: float, count: int, max_wait: float

@@ -39,6 +39,9 @@ FLUSH_SECONDS = 0.05
 MAX_RATE_WAIT = 20.0
 # A text may leave this late for its slot (thread wake-up jitter) before a new slot is booked.
 LATE_TOLERANCE = 0.05
+# Slots are booked at this share of a sender's rate: the margin absorbs the jitter between a
+# slot and the request reaching the provider, so no one-second window goes over the rate.
+RATE_MARGIN = 0.95
 
 
 COUNTERS = ("sent", "failed", "skipped", "retrying", "unknown", "held", "deferred", "lost")
@@ -222,7 +225,7 @@ class Sender:
         schedule: list[tuple[ledger.ClaimedRow, Slot]] = []
         for key, group in by_key.items():
             org = orgs[group[0].org_id]
-            rate = org.rate_per_second or self.settings.rate_per_second
+            rate = (org.rate_per_second or self.settings.rate_per_second) * RATE_MARGIN
             booked = monotonic()
             first, granted, spacing = self.limiter.reserve(
                 key, rate, len(group), self.max_rate_wait
@@ -331,7 +334,12 @@ class Sender:
             "segments": info.segments,
             "encoding": info.encoding,
         }
-        if not self._wait_for(slot):
+        try:
+            got_slot = self._wait_for(slot)
+        except Exception as exc:  # noqa: BLE001 - nothing was sent: a retry is safe
+            log.warning("rate limiter failed before sending row %d: %r", row.id, exc)
+            got_slot = False
+        if not got_slot:
             return Outcome(
                 row,
                 org,
