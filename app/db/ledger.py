@@ -165,16 +165,6 @@ def load_claimed(conn: Connection, ids: Sequence[int]) -> list[ClaimedRow]:
     return [ClaimedRow(*cast(Any, row)) for row in conn.execute(stmt)]
 
 
-def finish(
-    conn: Connection, row_id: int, *, values: dict[str, Any], expect: str = "sending"
-) -> bool:
-    """Move one row out of ``expect`` (default: sending); False if someone else moved it."""
-    result = conn.execute(
-        update(Reminder).where(Reminder.id == row_id, Reminder.status == expect).values(**values)
-    )
-    return (result.rowcount or 0) == 1
-
-
 def add_opt_out(
     conn: Connection, *, org_id: int, phone_e164: str, source: str, now: datetime
 ) -> bool:
