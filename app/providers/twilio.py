@@ -7,6 +7,7 @@ have reached Twilio) is never resent blindly but settled by reconciliation, whic
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from app.aioloop import shared_loop
 from app.errors import ConfigError
 from app.providers.base import (
     PermanentError,
@@ -36,7 +38,7 @@ from app.providers.base import (
     TransientError,
     UnknownOutcomeError,
 )
-from app.providers.twilio_async import AsyncHttpClient, LoopThread, last_retry_after
+from app.providers.twilio_async import AsyncHttpClient, last_retry_after
 from app.settings import Settings
 
 log = logging.getLogger("app.sms.twilio")
@@ -146,9 +148,10 @@ class _HttpClient(TwilioHttpClient):  # type: ignore[misc]  # the library ships 
 class TwilioProvider:
     """One instance per process (after fork); thread-safe.
 
-    Sends go through the library's async path on one event loop per process (started on the
-    first send), called from the engine's threads; reconciliation's lookups use the
-    requests-based client, whose pages the library only iterates synchronously.
+    Sends go through the library's async path on the process's shared event loop: the engine
+    awaits ``send_async`` there, and ``send`` (any other thread) hands the same coroutine to it.
+    Reconciliation's lookups use the requests-based client, whose pages the library only
+    iterates synchronously.
     """
 
     name = "twilio"
@@ -172,7 +175,7 @@ class TwilioProvider:
             logger=http_logger,
         )
         self._messages = self._client(settings, self._http, base_url).api.v2010.account.messages
-        self._loop = LoopThread("twilio-http")
+        self._loop = shared_loop()
         self._async_http = AsyncHttpClient(
             connect_timeout=connect_timeout, read_timeout=read_timeout, logger=http_logger
         )
@@ -206,12 +209,21 @@ class TwilioProvider:
     def close(self) -> None:
         self._http.close()
         if self._loop.started:
-            try:
-                self._loop.submit(self._async_http.close()).result(timeout=5)
-            finally:
-                self._loop.stop()
+            # The loop is shared: close this client's session on it and leave it running.
+            self._loop.submit(self._async_http.close()).result(timeout=5)
 
     def send(self, to: str, body: str, sender: str | None) -> str:
+        future = self._loop.submit(self.send_async(to, body, sender))
+        try:
+            return future.result(timeout=self._deadline + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise UnknownOutcomeError(
+                "no answer from the Twilio send loop in time: the text may have been accepted"
+            ) from None
+
+    async def send_async(self, to: str, body: str, sender: str | None) -> str:
+        """``send``, awaited on the shared loop (the engine's path: no thread per send)."""
         fields = sender_fields(sender, self._settings)
         data: dict[str, object] = {"To": to}
         if self._status_callback:
@@ -221,13 +233,13 @@ class TwilioProvider:
         else:
             data["MessagingServiceSid"] = fields["messaging_service_sid"]
         data["Body"] = body
-        future = self._loop.submit(self._create(data))
         try:
-            return future.result(timeout=self._deadline)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
+            async with asyncio.timeout(self._deadline):
+                return await self._create(data)
+        except TimeoutError:
+            # Only the last-resort deadline lands here: _create sorts the HTTP timeouts itself.
             raise UnknownOutcomeError(
-                "no answer from the Twilio send loop in time: the text may have been accepted"
+                "no answer from Twilio within the send deadline: the text may have been accepted"
             ) from None
 
     async def _create(self, data: dict[str, object]) -> str:

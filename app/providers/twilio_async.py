@@ -1,30 +1,20 @@
-"""Twilio sends on one asyncio event loop per process, called from the engine's send threads.
+"""Twilio sends over aiohttp (the transport of the ``twilio`` package's own async client), on
+the process's shared event loop (``app.aioloop``) where the engine awaits them.
 
 With the requests transport every send in flight held a thread doing its own HTTP work under the
-GIL; here the threads only wait on a future while one loop thread does all the HTTP with aiohttp
-(the transport of the ``twilio`` package's own async client), which costs much less CPU per send.
-The loop is started on first use and again after a fork: a forked child never inherits a running
-loop thread.
+GIL; here one loop thread does all the HTTP, which costs much less CPU per send.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import concurrent.futures
 import contextvars
 import logging
-import os
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
-
-T = TypeVar("T")
 
 # The answer's Retry-After, per send: each send runs as its own task, and a task's context is
 # its own copy, so concurrent sends never see each other's value.
@@ -140,56 +130,3 @@ class AsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # the libra
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
-
-
-class LoopThread:
-    """One event loop in a daemon thread, started lazily in the process that uses it."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is not None and self._pid == os.getpid():
-            return loop
-        with self._lock:
-            if self._loop is None or self._pid != os.getpid():
-                # After a fork the parent's loop thread does not exist here: start afresh.
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-                thread = threading.Thread(
-                    target=self._serve, args=(loop, ready), name=self._name, daemon=True
-                )
-                thread.start()
-                ready.wait()
-                self._loop, self._thread, self._pid = loop, thread, os.getpid()
-            assert self._loop is not None
-            return self._loop
-
-    @staticmethod
-    def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._running_loop())
-
-    @property
-    def started(self) -> bool:
-        return self._loop is not None and self._pid == os.getpid()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or self._pid != os.getpid():
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        self._loop = self._thread = None

@@ -1,24 +1,32 @@
 """Sending ledger rows: hold, claim, re-check, rate-limit, send many at once, record outcomes.
 
 The provider is slow (100–300 ms a call) and each sender has a rate limit, so throughput comes
-from many sends in flight per process (a thread pool), slots booked for a whole batch at once,
-and outcomes written in groups. Every row is claimed with one conditional UPDATE before the
-provider is called; a crash between the provider's answer and the group write leaves those rows
-in ``sending``, an unknown outcome that reconciliation settles (never a blind resend).
+from many sends in flight per process, slots booked for a whole batch at once, and outcomes
+written in groups. A batch runs as coroutines on the process's shared event loop
+(``app.aioloop``): a text waiting for its slot is a timer, and an async provider (Twilio) is
+awaited with no thread per send; a provider that can only block runs on a thread pool.
+
+Every row is claimed with one conditional UPDATE before the provider is called; a crash between
+the provider's answer and the group write leaves those rows in ``sending``, an unknown outcome
+that reconciliation settles (never a blind resend).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, case, select, update
 
+from app.aioloop import shared_loop
 from app.db import ledger
 from app.db.models import Reminder
 from app.domain import planning
@@ -37,6 +45,8 @@ FLUSH_ROWS = 100
 FLUSH_SECONDS = 0.05
 # A row whose rate-limit slot is further away than this goes back to the ledger for later.
 MAX_RATE_WAIT = 20.0
+# Slots are booked this far ahead of use (a few per sender at a time).
+BOOK_AHEAD = 0.25
 # A text may leave this late for its slot (thread wake-up jitter) before a new slot is booked.
 LATE_TOLERANCE = 0.05
 # Slots are booked at this share of a sender's rate: the margin absorbs the jitter between a
@@ -81,13 +91,15 @@ def monotonic() -> float:
 
 
 @dataclass(frozen=True)
-class Slot:
-    """When one text may go out for its sender, and how to book another if it is missed."""
+class Ready:
+    """A claimed row that is still due, with its text, waiting for a slot of its sender."""
 
-    at: float  # monotonic()
-    key: str
-    rate: float
-    spacing: float  # 0 when nothing is limited
+    row: ledger.ClaimedRow
+    org: OrgConfig
+    body: str
+    text: dict[str, Any]  # the columns the outcome records: body, days_left, segments, encoding
+    key: str  # the rate-limit key of its sender
+    rate: float  # slots per second booked for that sender
 
 
 @dataclass
@@ -96,7 +108,7 @@ class Outcome:
 
     row: ledger.ClaimedRow
     org: OrgConfig
-    status: str  # sent | failed | skipped | unknown | pending (retry)
+    status: str  # sent | failed | skipped | unknown | pending (retry) | deferred (no slot)
     values: dict[str, Any]
     opt_out: bool = False
 
@@ -119,7 +131,7 @@ _KEEP_UNLESS_SET = ("body", "days_left", "segments", "encoding", "next_attempt_a
 
 
 class Sender:
-    """One per process: it owns the provider client and the pool of sends in flight."""
+    """One per process: it owns the provider client and runs its batches on the shared loop."""
 
     def __init__(
         self,
@@ -137,8 +149,14 @@ class Sender:
         self.settings = settings
         self.limiter = limiter or NoRateLimit()
         self.clock = clock
+        # For a provider that can only block, and for limiter calls made from the loop;
+        # threads start only when used.
         self._pool = ThreadPoolExecutor(
             max_workers=settings.send_concurrency, thread_name_prefix="sms"
+        )
+        send_async = getattr(provider, "send_async", None)
+        self._send_async: Callable[[str, str, str | None], Awaitable[str]] | None = (
+            send_async if callable(send_async) else None
         )
 
     def close(self) -> None:
@@ -146,6 +164,7 @@ class Sender:
         close = getattr(self.provider, "close", None)
         if callable(close):
             close()
+        shared_loop().stop()
 
     def default_sender(self) -> str | None:
         s = self.settings
@@ -195,8 +214,11 @@ class Sender:
         with self.engine.connect() as conn:
             rows = ledger.load_claimed(conn, won)
             book = TemplateBook(conn, orgs)
-        schedule = self._book_slots(rows, orgs, report)
-        self._send_all(schedule, orgs, book, on_date, report)
+        ready, settled = self._prepare(rows, orgs, book, on_date)
+        if settled:
+            self._write(settled, report)
+        if ready:
+            self._send_all(ready, report)
         return report
 
     @staticmethod
@@ -215,98 +237,45 @@ class Sender:
                 held.setdefault(org_id, []).append(rid)
         return sendable, held
 
-    def _book_slots(
-        self, rows: list[ledger.ClaimedRow], orgs: dict[int, OrgConfig], report: SendReport
-    ) -> list[tuple[ledger.ClaimedRow, Slot]]:
-        """Book rate-limit slots per sender for the whole batch (one round trip per sender)."""
-        by_key: dict[str, list[ledger.ClaimedRow]] = {}
-        for row in rows:
-            by_key.setdefault(self.rate_key(orgs[row.org_id]), []).append(row)
-        schedule: list[tuple[ledger.ClaimedRow, Slot]] = []
-        for key, group in by_key.items():
-            org = orgs[group[0].org_id]
-            rate = (org.rate_per_second or self.settings.rate_per_second) * RATE_MARGIN
-            booked = monotonic()
-            first, granted, spacing = self.limiter.reserve(
-                key, rate, len(group), self.max_rate_wait
-            )
-            schedule.extend(
-                (row, Slot(booked + first + i * spacing, key, rate, spacing))
-                for i, row in enumerate(group[:granted])
-            )
-            rest = group[granted:]
-            if rest:
-                later = self.clock() + timedelta(seconds=first + granted * spacing)
-                with self.engine.begin() as conn:
-                    report.deferred += ledger.release(conn, [r.id for r in rest], until=later)
-                log.info(
-                    "rate limit of %s: %d texts wait until %s", key, len(rest), later.isoformat()
-                )
-        schedule.sort(key=lambda item: item[1].at)
-        return schedule
-
-    def _send_all(
+    def _prepare(
         self,
-        schedule: list[tuple[ledger.ClaimedRow, Slot]],
+        rows: list[ledger.ClaimedRow],
         orgs: dict[int, OrgConfig],
         book: TemplateBook,
         on_date: date | None,
-        report: SendReport,
-    ) -> None:
-        pending: set[Future[Outcome]] = {
-            self._pool.submit(self._send_one, row, orgs[row.org_id], book, on_date, slot)
-            for row, slot in schedule
-        }
-        buffer: list[Outcome] = []
-        first_buffered = 0.0
-        while pending:
-            done, pending = wait(pending, timeout=FLUSH_SECONDS, return_when=FIRST_COMPLETED)
-            for fut in done:
-                if not buffer:
-                    first_buffered = monotonic()
-                buffer.append(fut.result())
-            if buffer and (
-                len(buffer) >= FLUSH_ROWS
-                or not pending
-                or monotonic() - first_buffered >= FLUSH_SECONDS
-            ):
-                self._write(buffer, report)
-                buffer = []
+    ) -> tuple[list[Ready], list[Outcome]]:
+        """Re-check each row and render what is still due: texts to send, and outcomes now."""
+        ready: list[Ready] = []
+        settled: list[Outcome] = []
+        now = self.clock()
+        for row in rows:
+            org = orgs[row.org_id]
+            try:
+                item = self._prepare_one(row, org, book, org.today(now, on_date))
+            except Exception:
+                # Nothing was sent: the row goes back for another attempt, loudly.
+                log.exception("unexpected error preparing ledger row %d of %s", row.id, org.slug)
+                item = Outcome(
+                    row,
+                    org,
+                    "pending",
+                    {
+                        "reason": "retrying",
+                        "error_code": "internal",
+                        "error_message": "unexpected error before sending; see the worker log",
+                        "next_attempt_at": now
+                        + timedelta(seconds=self.settings.retry_backoff_seconds),
+                    },
+                )
+            if isinstance(item, Outcome):
+                settled.append(item)
+            else:
+                ready.append(item)
+        return ready, settled
 
-    # --- one text ---------------------------------------------------------------------------
-
-    def _send_one(
-        self,
-        row: ledger.ClaimedRow,
-        org: OrgConfig,
-        book: TemplateBook,
-        on_date: date | None,
-        slot: Slot,
-    ) -> Outcome:
-        try:
-            return self._checked_send(row, org, book, on_date, slot)
-        except Exception:
-            log.exception("unexpected error sending ledger row %d of %s", row.id, org.slug)
-            return Outcome(
-                row,
-                org,
-                "unknown",
-                {
-                    "reason": "outcome_unknown",
-                    "error_code": "internal",
-                    "error_message": "unexpected error while sending; see the worker log",
-                },
-            )
-
-    def _checked_send(
-        self,
-        row: ledger.ClaimedRow,
-        org: OrgConfig,
-        book: TemplateBook,
-        on_date: date | None,
-        slot: Slot,
-    ) -> Outcome:
-        today = org.today(self.clock(), on_date)
+    def _prepare_one(
+        self, row: ledger.ClaimedRow, org: OrgConfig, book: TemplateBook, today: date
+    ) -> Ready | Outcome:
         skip = _skip_reason(row, org, today)
         if skip:
             return Outcome(row, org, "skipped", {"reason": skip})
@@ -334,26 +303,168 @@ class Sender:
             "segments": info.segments,
             "encoding": info.encoding,
         }
+        rate = (org.rate_per_second or self.settings.rate_per_second) * RATE_MARGIN
+        return Ready(row, org, body, text, self.rate_key(org), rate)
+
+    def _send_all(self, ready: list[Ready], report: SendReport) -> None:
+        """Run the batch on the shared loop; write outcomes here, in groups, as they arrive."""
+        done: SimpleQueue[Outcome] = SimpleQueue()
+        batch = shared_loop().submit(self._send_batch(ready, done))
+        remaining = len(ready)
+        buffer: list[Outcome] = []
+        first_buffered = 0.0
+        while remaining:
+            wait = FLUSH_SECONDS - (monotonic() - first_buffered) if buffer else 1.0
+            try:
+                outcome = done.get(timeout=max(wait, 0.0))
+            except Empty:
+                if batch.done() and done.empty():
+                    batch.result()  # raises what broke the batch
+                    missing = f"send batch ended with {remaining} outcomes missing"
+                    raise RuntimeError(missing) from None
+            else:
+                if not buffer:
+                    first_buffered = monotonic()
+                buffer.append(outcome)
+                remaining -= 1
+            if buffer and (
+                len(buffer) >= FLUSH_ROWS
+                or not remaining
+                or monotonic() - first_buffered >= FLUSH_SECONDS
+            ):
+                self._write(buffer, report)
+                buffer = []
+
+    async def _send_batch(self, ready: list[Ready], done: SimpleQueue[Outcome]) -> None:
+        """Each sender's texts are paced by their own coroutine; at most SMS_CONCURRENCY texts
+        are waiting for their slot or for the provider's answer at once."""
+        inflight = asyncio.Semaphore(self.settings.send_concurrency)
+        sends: set[asyncio.Task[None]] = set()
+        by_key: dict[str, list[Ready]] = {}
+        for item in ready:
+            by_key.setdefault(item.key, []).append(item)
+        deadline = monotonic() + self.max_rate_wait
+        await asyncio.gather(
+            *(
+                self._pace(key, items, inflight, sends, done, deadline)
+                for key, items in by_key.items()
+            )
+        )
+        while sends:
+            await asyncio.gather(*list(sends))
+
+    async def _pace(
+        self,
+        key: str,
+        items: list[Ready],
+        inflight: asyncio.Semaphore,
+        sends: set[asyncio.Task[None]],
+        done: SimpleQueue[Outcome],
+        deadline: float,
+    ) -> None:
+        """Send one sender's texts in order, each at a slot of the shared limiter.
+
+        Slots are booked a few at a time, just ahead of use: every process sending for this
+        sender takes its turn on the same timeline, so they all send at once instead of one
+        booking a long run that the others must wait out. A slot missed by more than the
+        tolerance (a stalled process) is given up and fresh ones booked, so late texts never
+        bunch up on a sender. What finds no slot before the deadline goes back to the ledger.
+        """
+        loop = asyncio.get_running_loop()
+        rate = items[0].rate
+        queue = deque(items)
+        chunk = max(1, int(rate * BOOK_AHEAD))
+        while queue:
+            left = deadline - monotonic()
+            first, granted, spacing, booked = 0.0, 0, 0.0, 0.0
+            if left > 0:
+                try:
+                    booked, (first, granted, spacing) = await loop.run_in_executor(
+                        self._pool, self._reserve, key, rate, min(chunk, len(queue)), left
+                    )
+                except Exception as exc:  # noqa: BLE001 - nothing was sent: a retry is safe
+                    log.warning("rate limiter failed for %s: %r", key, exc)
+                    for item in queue:
+                        done.put(self._no_slot(item))
+                    return
+            if not granted:
+                until = self.clock() + timedelta(seconds=max(first, 1.0))
+                log.info(
+                    "rate limit of %s: %d texts wait until %s", key, len(queue), until.isoformat()
+                )
+                for item in queue:
+                    done.put(Outcome(item.row, item.org, "deferred", {"next_attempt_at": until}))
+                return
+            tolerance = max(spacing / 2, LATE_TOLERANCE)
+            for i in range(granted):
+                await inflight.acquire()
+                at = booked + first + i * spacing
+                now = monotonic()
+                if now < at:
+                    await asyncio.sleep(at - now)
+                    now = monotonic()
+                if spacing and now - at > tolerance:
+                    inflight.release()
+                    break
+                task = loop.create_task(self._send_one(queue.popleft(), inflight, done))
+                sends.add(task)
+                task.add_done_callback(sends.discard)
+
+    def _reserve(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, tuple[float, int, float]]:
+        """Book slots; the clock is read after the answer, so a slot is never taken early."""
+        booked = self.limiter.reserve(key, rate, count, max_wait)
+        return monotonic(), booked
+
+    def _no_slot(self, item: Ready) -> Outcome:
+        return Outcome(
+            item.row,
+            item.org,
+            "pending",
+            {
+                "reason": "retrying",
+                "error_code": "rate_limited",
+                "error_message": "no rate-limit slot for this sender in time",
+                "next_attempt_at": self.clock() + timedelta(seconds=1),
+            },
+        )
+
+    # --- one text ---------------------------------------------------------------------------
+
+    async def _send_one(
+        self, item: Ready, inflight: asyncio.Semaphore, done: SimpleQueue[Outcome]
+    ) -> None:
         try:
-            got_slot = self._wait_for(slot)
-        except Exception as exc:  # noqa: BLE001 - nothing was sent: a retry is safe
-            log.warning("rate limiter failed before sending row %d: %r", row.id, exc)
-            got_slot = False
-        if not got_slot:
-            return Outcome(
-                row,
-                org,
-                "pending",
+            outcome = await self._deliver(item)
+        except Exception:
+            log.exception(
+                "unexpected error sending ledger row %d of %s", item.row.id, item.org.slug
+            )
+            outcome = Outcome(
+                item.row,
+                item.org,
+                "unknown",
                 {
-                    "reason": "retrying",
-                    "error_code": "rate_limited",
-                    "error_message": "no rate-limit slot for this sender in time",
-                    "next_attempt_at": self.clock() + timedelta(seconds=1),
+                    "reason": "outcome_unknown",
+                    "error_code": "internal",
+                    "error_message": "unexpected error while sending; see the worker log",
                 },
             )
+        finally:
+            inflight.release()
+        done.put(outcome)
+
+    async def _deliver(self, item: Ready) -> Outcome:
+        row, org, text = item.row, item.org, item.text
         assert row.phone_e164 is not None
         try:
-            message_id = self.provider.send(row.phone_e164, body, org.sender)
+            if self._send_async is not None:
+                message_id = await self._send_async(row.phone_e164, item.body, org.sender)
+            else:
+                message_id = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self.provider.send, row.phone_e164, item.body, org.sender
+                )
         except TransientError as exc:
             return self._retry_or_fail(row, org, exc, text)
         except PermanentError as exc:
@@ -373,25 +484,6 @@ class Sender:
             "sent",
             {"provider_message_id": message_id, "sent_at": self.clock(), **text},
         )
-
-    def _wait_for(self, slot: Slot) -> bool:
-        """Sleep until the slot; a slot missed by more than the tolerance (a stalled process)
-        is given up and a fresh one booked, so late texts never bunch up on a sender."""
-        at = slot.at
-        tolerance = max(slot.spacing / 2, LATE_TOLERANCE)
-        for _ in range(5):
-            now = monotonic()
-            if now < at:
-                time.sleep(at - now)
-                now = monotonic()
-            if not slot.spacing or now - at <= tolerance:
-                return True
-            booked = monotonic()
-            first, granted, _ = self.limiter.reserve(slot.key, slot.rate, 1, self.max_rate_wait)
-            if not granted:
-                return False
-            at = booked + first
-        return False
 
     def _retry_or_fail(
         self, row: ledger.ClaimedRow, org: OrgConfig, exc: TransientError, text: dict[str, Any]
@@ -413,7 +505,11 @@ class Sender:
         """One transaction for a group of outcomes; each row moves only out of ``sending``."""
         now = self.clock()
         by_status: dict[str, list[dict[str, Any]]] = {}
+        deferred: dict[datetime, list[int]] = {}
         for o in outcomes:
+            if o.status == "deferred":
+                deferred.setdefault(o.values["next_attempt_at"], []).append(o.row.id)
+                continue
             row_params: dict[str, Any] = {c: o.values.get(c) for c in _OUTCOME_COLUMNS}
             row_params.update({f"set_{c}": c in o.values for c in _KEEP_UNLESS_SET})
             row_params["row_id"] = o.row.id
@@ -433,7 +529,11 @@ class Sender:
                 if moved is not None and 0 <= moved < len(group):
                     report.lost += len(group) - moved
                     log.warning("%d outcomes found their rows already moved", len(group) - moved)
+            for until, ids in deferred.items():
+                report.deferred += ledger.release(conn, ids, until=until)
         for o in outcomes:
+            if o.status == "deferred":
+                continue
             counter = "retrying" if o.status == "pending" else o.status
             setattr(report, counter, getattr(report, counter) + 1)
             if o.status == "pending":

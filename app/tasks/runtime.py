@@ -18,6 +18,7 @@ from typing import Any
 from celery import signals
 from sqlalchemy import Engine
 
+from app import gcpolicy
 from app.db.session import dispose_engines, get_engine
 from app.logs import configure_logging
 from app.providers import SmsProvider, build_provider, check_provider_settings
@@ -54,6 +55,7 @@ class Runtime:
     pid: int
     _provider: SmsProvider | None = field(default=None, repr=False)
     _sender: Sender | None = field(default=None, repr=False)
+    _settled: bool = field(default=False, repr=False)
 
     @property
     def provider(self) -> SmsProvider:
@@ -71,6 +73,12 @@ class Runtime:
                 limiter=RedisRateLimiter.from_url(self.settings.redis_connection_url),
             )
         return self._sender
+
+    def batch_done(self) -> None:
+        """After this process's first batch its long-lived caches exist: freeze them too."""
+        if not self._settled:
+            self._settled = True
+            gcpolicy.settle()
 
     def close(self) -> None:
         if self._sender is not None:
@@ -120,6 +128,7 @@ def _process_init(**_: Any) -> None:
     # Pools inherited from the parent must not be used here: their sockets are the parent's.
     dispose_engines()
     _runtime = None
+    gcpolicy.tune()
 
 
 def _process_shutdown(**_: Any) -> None:

@@ -166,8 +166,10 @@ def send_reminders(ids: list[int], date: str | None = None) -> None:
     rt = runtime.current()
     started = utcnow()
     report = rt.sender.send_ids(ids, on_date=_parse_date(date))
+    rt.batch_done()
     log.info(
-        "batch of %d: sent=%d failed=%d skipped=%d retrying=%d unknown=%d held=%d not-claimed=%d",
+        "batch of %d: sent=%d failed=%d skipped=%d retrying=%d unknown=%d held=%d deferred=%d"
+        " not-claimed=%d",
         len(ids),
         report.sent,
         report.failed,
@@ -175,6 +177,7 @@ def send_reminders(ids: list[int], date: str | None = None) -> None:
         report.retrying,
         report.unknown,
         report.held,
+        report.deferred,
         report.lost,
     )
     if report.retrying:

@@ -1,0 +1,87 @@
+"""One asyncio event loop per process, in a daemon thread, for the sends in flight.
+
+The engine's batch runs on it (slot waits are timers, not sleeping threads) and the Twilio
+adapter's HTTP client lives on it, so a send costs no thread hand-off. It is started on first
+use and again after a fork: a forked child never inherits a running loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class RealTimeLoop(asyncio.SelectorEventLoop):
+    """Timers on the OS monotonic clock, read directly: pacing is about real elapsed time,
+    whatever the business clock says (tests freeze ``time.monotonic``; this keeps running)."""
+
+    def time(self) -> float:
+        return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+class LoopThread:
+    """One event loop in a daemon thread, started lazily in the process that uses it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None and self._pid == os.getpid():
+            return loop
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                # After a fork the parent's loop thread does not exist here: start afresh.
+                loop = RealTimeLoop()
+                ready = threading.Event()
+                thread = threading.Thread(
+                    target=self._serve, args=(loop, ready), name=self._name, daemon=True
+                )
+                thread.start()
+                ready.wait()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+            assert self._loop is not None
+            return self._loop
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._running_loop())
+
+    @property
+    def started(self) -> bool:
+        return self._loop is not None and self._pid == os.getpid()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or self._pid != os.getpid():
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        self._loop = self._thread = None
+
+
+_shared = LoopThread("sms-io")
+
+
+def shared_loop() -> LoopThread:
+    """This process's loop for sends: the engine's batches and the providers' HTTP clients."""
+    return _shared
