@@ -70,14 +70,6 @@ class LoopThread:
     def started(self) -> bool:
         return self._loop is not None and self._pid == os.getpid()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or self._pid != os.getpid():
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        self._loop = self._thread = None
-
 
 _shared = LoopThread("sms-io")
 

@@ -214,6 +214,20 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def named_cpu_seconds(comm: str) -> float:
+    """CPU of every process called ``comm`` (PostgreSQL's backends exit into the postmaster's
+    children's time, which is counted too)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == comm:
+                    total += cpu_seconds(int(proc.name))
+            except OSError:
+                continue
+    return total
+
+
 def machine_busy_seconds() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     values = [int(x) for x in fields]
@@ -349,6 +363,7 @@ def main() -> None:
         cpu_before = sum(cpu_seconds(p) for p in proc_tree(worker.pid))
         fake_before = cpu_seconds(fake.pid) if fake else 0.0
         busy_before = machine_busy_seconds()
+        pg_before, redis_before = named_cpu_seconds("postgres"), named_cpu_seconds("redis-server")
         start = time.perf_counter()
         enqueue_day(on_date=None, org_slugs=slugs)
         peak = 0.0
@@ -366,6 +381,8 @@ def main() -> None:
         cpu = sum(cpu_seconds(p) for p in proc_tree(worker.pid)) - cpu_before
         fake_cpu = cpu_seconds(fake.pid) - fake_before if fake else 0.0
         busy = machine_busy_seconds() - busy_before
+        pg_cpu = named_cpu_seconds("postgres") - pg_before
+        redis_cpu = named_cpu_seconds("redis-server") - redis_before
         with engine.connect() as conn:
             first, last = conn.execute(
                 select(func.min(Reminder.sent_at), func.max(Reminder.sent_at))
@@ -395,6 +412,10 @@ def main() -> None:
                 f"fake Twilio CPU:         {fake_cpu * 1000 / sent:.2f} ms per text"
                 f" ({fake_cpu:.1f} s, {fake_cpu / elapsed:.0%} of one core)"
             )
+        print(
+            f"PostgreSQL / Redis CPU:  {pg_cpu * 1000 / sent:.2f} / {redis_cpu * 1000 / sent:.2f}"
+            " ms per text"
+        )
         print(
             f"whole machine CPU:       {busy * 1000 / sent:.2f} ms per text"
             f" ({busy / elapsed:.0%} of one core: workers, PostgreSQL, Redis"

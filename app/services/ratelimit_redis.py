@@ -8,10 +8,12 @@ pushing the provider past what the sender may send.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import redis
+import redis.asyncio
 
 # KEYS[1]: the key's next free slot (microseconds on Redis's clock).
 # ARGV: spacing between slots, slots wanted, furthest first slot (microseconds, count, µs).
@@ -37,23 +39,28 @@ return {wait, granted}
 class RedisRateLimiter:
     """Slots for ``key`` spaced 1/rate apart across every process that shares the Redis."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "reminders:rate:") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "reminders:rate:",
+        url: str | None = None,
+        max_connections: int = 32,
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._reserve: Any = client.register_script(_RESERVE)
+        self._url = url
+        self._max_connections = max_connections
+        # The engine's event loop books through its own client, made on that loop.
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 32) -> RedisRateLimiter:
-        # Many sending threads share a few connections: a thread waits for a free one
-        # instead of failing with "too many connections".
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=10,
-            socket_timeout=5,
-            socket_connect_timeout=5,
-        )
-        return cls(redis.Redis(connection_pool=pool))
+        # Many callers share a few connections: one waits for a free connection instead of
+        # failing with "too many connections".
+        pool = redis.BlockingConnectionPool.from_url(url, **_pool_options(max_connections))
+        return cls(redis.Redis(connection_pool=pool), url=url, max_connections=max_connections)
 
     def reserve(
         self, key: str, rate: float, count: int, max_wait: float
@@ -65,8 +72,47 @@ class RedisRateLimiter:
         )
         return int(wait_us) / 1_000_000, int(granted), spacing_us / 1_000_000
 
+    async def reserve_async(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        """``reserve`` on the running event loop, with no thread hand-off."""
+        if self._url is None:
+            return await asyncio.to_thread(self.reserve, key, rate, count, max_wait)
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self._url, **_pool_options(self._max_connections)
+            )
+            client = redis.asyncio.Redis(connection_pool=pool)
+            self._async = (loop, client, client.register_script(_RESERVE))
+        spacing_us = max(1, round(1_000_000 / rate))
+        wait_us, granted = await self._async[2](
+            keys=[self._prefix + key], args=[spacing_us, count, round(max_wait * 1_000_000)]
+        )
+        return int(wait_us) / 1_000_000, int(granted), spacing_us / 1_000_000
+
+    def close(self) -> None:
+        """Close the synchronous client's connections."""
+        self._client.close()
+        self._client.connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        """Close the event loop's client (on that loop)."""
+        if self._async is not None:
+            client, self._async = self._async[1], None
+            await client.aclose(close_connection_pool=True)
+
     def acquire(self, key: str, rate: float) -> None:
         """Block until one more message fits (for callers outside the engine)."""
         wait, granted, _ = self.reserve(key, rate, 1, max_wait=3600.0)
         if granted and wait > 0:
             time.sleep(wait)
+
+
+def _pool_options(max_connections: int) -> dict[str, Any]:
+    return {
+        "max_connections": max_connections,
+        "timeout": 10,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+    }

@@ -47,11 +47,14 @@ FLUSH_SECONDS = 0.05
 MAX_RATE_WAIT = 20.0
 # Slots are booked this far ahead of use (a few per sender at a time).
 BOOK_AHEAD = 0.25
-# A text may leave this late for its slot (thread wake-up jitter) before a new slot is booked.
-LATE_TOLERANCE = 0.05
-# Slots are booked at this share of a sender's rate: the margin absorbs the jitter between a
-# slot and the request reaching the provider, so no one-second window goes over the rate.
-RATE_MARGIN = 0.95
+# Slots are booked at this share of a sender's rate, and a text may leave up to LATE_TOLERANCE
+# after its slot (event-loop and scheduler lag on a busy machine); a text that would be later
+# gives its slot up and books a fresh one. Slots are 1/(RATE_MARGIN*rate) apart on a timeline
+# every process shares, so any one-second window holds the sends of slots from an interval of
+# 1 + LATE_TOLERANCE seconds: fewer than RATE_MARGIN * rate * (1 + LATE_TOLERANCE) + 1, which
+# stays within a whole-number rate while (1 + LATE_TOLERANCE) * RATE_MARGIN < 1.
+RATE_MARGIN = 0.9
+LATE_TOLERANCE = 0.1
 
 
 COUNTERS = ("sent", "failed", "skipped", "retrying", "unknown", "held", "deferred", "lost")
@@ -164,7 +167,12 @@ class Sender:
         close = getattr(self.provider, "close", None)
         if callable(close):
             close()
-        shared_loop().stop()
+        aclose = getattr(self.limiter, "aclose", None)
+        if callable(aclose) and shared_loop().started:
+            shared_loop().submit(aclose()).result(timeout=5)
+        close = getattr(self.limiter, "close", None)
+        if callable(close):
+            close()
 
     def default_sender(self) -> str | None:
         s = self.settings
@@ -379,8 +387,8 @@ class Sender:
             first, granted, spacing, booked = 0.0, 0, 0.0, 0.0
             if left > 0:
                 try:
-                    booked, (first, granted, spacing) = await loop.run_in_executor(
-                        self._pool, self._reserve, key, rate, min(chunk, len(queue)), left
+                    booked, (first, granted, spacing) = await self._book(
+                        key, rate, min(chunk, len(queue)), left
                     )
                 except Exception as exc:  # noqa: BLE001 - nothing was sent: a retry is safe
                     log.warning("rate limiter failed for %s: %r", key, exc)
@@ -395,26 +403,31 @@ class Sender:
                 for item in queue:
                     done.put(Outcome(item.row, item.org, "deferred", {"next_attempt_at": until}))
                 return
-            tolerance = max(spacing / 2, LATE_TOLERANCE)
             for i in range(granted):
                 await inflight.acquire()
                 at = booked + first + i * spacing
                 now = monotonic()
-                if now < at:
+                while now < at:
                     await asyncio.sleep(at - now)
                     now = monotonic()
-                if spacing and now - at > tolerance:
+                if spacing and now - at > LATE_TOLERANCE:
                     inflight.release()
                     break
                 task = loop.create_task(self._send_one(queue.popleft(), inflight, done))
                 sends.add(task)
                 task.add_done_callback(sends.discard)
 
-    def _reserve(
+    async def _book(
         self, key: str, rate: float, count: int, max_wait: float
     ) -> tuple[float, tuple[float, int, float]]:
         """Book slots; the clock is read after the answer, so a slot is never taken early."""
-        booked = self.limiter.reserve(key, rate, count, max_wait)
+        reserve_async = getattr(self.limiter, "reserve_async", None)
+        if reserve_async is not None:
+            booked: tuple[float, int, float] = await reserve_async(key, rate, count, max_wait)
+        else:
+            booked = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.limiter.reserve, key, rate, count, max_wait
+            )
         return monotonic(), booked
 
     def _no_slot(self, item: Ready) -> Outcome:

@@ -12,7 +12,14 @@ from app.db import ledger
 from app.db.models import Customer, Subscription
 from app.domain.planning import utcnow
 from app.services import runner
-from tests.factories import RecordingProvider, ledger_rows, make_org, make_sender
+from app.services.sender import Sender
+from tests.factories import (
+    RecordingProvider,
+    add_subscription,
+    ledger_rows,
+    make_org,
+    make_sender,
+)
 
 TODAY = date(2026, 6, 10)
 
@@ -49,6 +56,15 @@ def _bulk_subscriptions(engine: Engine, org_id: int, n: int) -> None:
         )
 
 
+def _run_all(threads: list[threading.Thread], senders: list[Sender]) -> None:
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in senders:
+        s.close()
+
+
 @freeze_time("2026-06-10 12:00:00")
 def test_two_runs_at_the_same_moment_send_each_reminder_once(pg_engine: Engine) -> None:
     org = make_org(pg_engine, now=utcnow())
@@ -63,12 +79,7 @@ def test_two_runs_at_the_same_moment_send_each_reminder_once(pg_engine: Engine) 
         results.append(runner.run_day(pg_engine, senders[i], batch_size=50).as_dict())
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in senders:
-        s.close()
+    _run_all(threads, senders)
     rows = ledger_rows(pg_engine)
     assert len(rows) == 300 and {r["status"] for r in rows} == {"sent"}
     phones = [to for to, _, _ in provider.sent]
@@ -102,3 +113,57 @@ def test_exactly_one_claimer_wins_a_row(pg_engine: Engine) -> None:
     claimed = sorted(i for w in won for i in w)
     assert claimed == sorted(ids)  # each row won exactly once across eight racers
     assert {r["attempts"] for r in ledger_rows(pg_engine)} == {1}
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_two_workers_take_turns_on_one_senders_rate(pg_engine: Engine) -> None:
+    """Two processes sending for one sender at once share its timeline a few slots at a time:
+    both send from start to finish (neither waits out the other's whole batch), and no
+    one-second window holds more texts than the sender's rate."""
+    import time
+    from dataclasses import dataclass
+
+    from app.services.engine import load_orgs, plan_day
+    from app.services.ratelimit import LocalRateLimiter
+
+    org = make_org(
+        pg_engine, now=utcnow(), send_window="00:00-00:00", sender="+12025550999", rate=40.0
+    )
+    for i in range(60):
+        add_subscription(
+            pg_engine, org, expires_on=TODAY + timedelta(days=3), phone=f"+1202555{3000 + i}"
+        )
+    with pg_engine.begin() as conn:
+        plan_day(conn, now=utcnow(), orgs=load_orgs(conn))
+    ids = [int(r["id"]) for r in ledger_rows(pg_engine)]  # type: ignore[call-overload]
+    stamps: list[tuple[int, float]] = []
+
+    @dataclass
+    class Timed(RecordingProvider):
+        who: int = 0
+
+        def send(self, to: str, body: str, sender: str | None) -> str:
+            with self.lock:
+                stamps.append((self.who, time.monotonic()))
+            return super().send(to, body, sender)
+
+    shared = LocalRateLimiter()  # what Redis is to two processes
+    senders = [make_sender(pg_engine, Timed(who=k)) for k in range(2)]
+    for s in senders:
+        s.limiter = shared
+    halves = [ids[:30], ids[30:]]  # each worker holds a whole batch for the one sender
+    threads = [
+        threading.Thread(target=s.send_ids, args=(half,), kwargs={"ignore_window": True})
+        for s, half in zip(senders, halves, strict=True)
+    ]
+    _run_all(threads, senders)
+    assert {r["status"] for r in ledger_rows(pg_engine)} == {"sent"}
+    assert len(stamps) == 60
+    first = {k: min(t for w, t in stamps if w == k) for k in (0, 1)}
+    last = {k: max(t for w, t in stamps if w == k) for k in (0, 1)}
+    for k in (0, 1):
+        assert first[k] < last[1 - k] - 0.5  # each sends while the other still has a while to go
+    times = sorted(t for _, t in stamps)
+    assert times[-1] - times[0] >= 59 / 40  # 60 texts at no more than 40 a second
+    in_window = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    assert in_window <= 40

@@ -38,3 +38,27 @@ def test_other_keys_are_not_slowed(broker: str) -> None:
     start = time.monotonic()
     limiter.acquire("console:slow-other", 1.0)
     assert time.monotonic() - start < 0.2
+
+
+def test_booking_from_the_event_loop_shares_the_timeline(broker: str) -> None:
+    """The engine books on its event loop; another process books synchronously: one timeline."""
+    import asyncio
+
+    worker, other = RedisRateLimiter.from_url(broker), RedisRateLimiter.from_url(broker)
+    first, granted, spacing = other.reserve("twilio:+15550002", 10.0, 5, 10.0)
+    assert (granted, spacing) == (5, 0.1) and first < 0.05
+
+    async def book() -> tuple[float, int, float]:
+        try:
+            return await worker.reserve_async("twilio:+15550002", 10.0, 5, 10.0)
+        finally:
+            await worker.aclose()
+
+    try:
+        wait, granted, _ = asyncio.run(book())
+        assert granted == 5 and 0.4 <= wait <= 0.5  # after the other's five slots, not on them
+        wait, granted, _ = other.reserve("twilio:+15550002", 10.0, 1, 10.0)
+        assert granted == 1 and 0.9 <= wait <= 1.0
+    finally:
+        worker.close()
+        other.close()
