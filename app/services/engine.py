@@ -164,6 +164,8 @@ def plan_day(
         report.skipped += counts.get("skipped", 0)
         report.failed += counts.get("failed", 0)
         report.rendered += counts.get("pending", 0)
+    if report.planned >= plan_sql.REFRESH_STATISTICS_AFTER:
+        plan_sql.refresh_statistics(conn)
     return report
 
 

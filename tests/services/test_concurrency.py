@@ -167,3 +167,22 @@ def test_two_workers_take_turns_on_one_senders_rate(pg_engine: Engine) -> None:
     assert times[-1] - times[0] >= 59 / 40  # 60 texts at no more than 40 a second
     in_window = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
     assert in_window <= 40
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_planning_a_big_day_refreshes_the_ledgers_statistics(pg_engine: Engine) -> None:
+    """PostgreSQL must know the day's pending rows exist, or it finds each batch by scanning
+    every one of them (see plan.refresh_statistics)."""
+    from sqlalchemy import text
+
+    from app.services.engine import load_orgs, plan_day
+
+    org = make_org(pg_engine, now=utcnow())
+    _bulk_subscriptions(pg_engine, org, 6000)  # a fifth expire in 3 days, a fifth in 1, ...
+    with pg_engine.begin() as conn:
+        report = plan_day(conn, now=utcnow(), orgs=load_orgs(conn))
+        assert report.planned >= 1000
+        estimate = conn.execute(
+            text("SELECT reltuples FROM pg_class WHERE relname = 'reminders'")
+        ).scalar_one()
+    assert estimate == report.planned
