@@ -145,6 +145,9 @@ class Settings:
     send_concurrency: int = _env("SMS_CONCURRENCY", _positive_int, 32)
     rate_per_second: float = _env("SMS_RATE_PER_SECOND", _positive_float, 10.0)
     send_batch_size: int = _env("SMS_BATCH_SIZE", _positive_int, 200)
+    # Send batches one worker process works on at once (each its own senders' slots): a process
+    # takes the next batch while earlier ones wait for slots and answers.
+    open_batches: int = _env("SMS_OPEN_BATCHES", _positive_int, 8)
     tick_seconds: float = _env("REMINDER_TICK_SECONDS", _positive_float, 60.0)
     retention_days: int = _env("REMINDER_RETENTION_DAYS", _positive_int, 365)
     # A row claimed longer ago than this by a worker that never reported back is an unknown outcome.

@@ -256,6 +256,9 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, default=None, help="SMS_BATCH_SIZE (default 200 console, 1000 twilio)"
     )
+    parser.add_argument(
+        "--open-batches", type=int, default=8, help="SMS_OPEN_BATCHES per worker process"
+    )
     parser.add_argument("--log-level", default="INFO", help="the worker's LOG_LEVEL")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
@@ -291,6 +294,7 @@ def main() -> None:
         SMS_RATE_PER_SECOND=str(rate),
         SMS_CONCURRENCY=str(concurrency),
         SMS_BATCH_SIZE=str(batch),
+        SMS_OPEN_BATCHES=str(args.open_batches),
         WORKER_HEARTBEAT_FILE=str(tmp / "worker.heartbeat"),
         LOG_LEVEL=args.log_level,
     )
@@ -313,7 +317,8 @@ def main() -> None:
             print(
                 f"fake Twilio at {base_url}, answering after {args.delay_ms:g} ms;"
                 f" {len(senders)} senders x {rate:g}/s = {len(senders) * rate:,.0f}/s allowed;"
-                f" SMS_CONCURRENCY={concurrency}, SMS_BATCH_SIZE={batch}"
+                f" SMS_CONCURRENCY={concurrency}, SMS_BATCH_SIZE={batch},"
+                f" SMS_OPEN_BATCHES={args.open_batches}"
             )
         from app.db.migrate import upgrade
 

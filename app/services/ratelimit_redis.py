@@ -17,7 +17,8 @@ import redis.asyncio
 
 # KEYS[1]: the key's next free slot (microseconds on Redis's clock).
 # ARGV: spacing between slots, slots wanted, furthest first slot (microseconds, count, µs).
-# Returns {wait until the first slot, slots granted}; slots past max_wait are not booked.
+# Returns {wait until the first slot, slots granted, Redis's clock}; slots past max_wait are
+# not booked.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -27,13 +28,35 @@ local max_wait = tonumber(ARGV[3])
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 if slot < now then slot = now end
 local wait = slot - now
-if wait > max_wait then return {wait, 0} end
+if wait > max_wait then return {wait, 0, now} end
 local granted = math.min(wanted, math.floor((max_wait - wait) / spacing) + 1)
 local next_free = slot + granted * spacing
 local ttl_ms = math.floor((next_free - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%d', next_free), 'PX', ttl_ms)
-return {wait, granted}
+return {wait, granted, now}
 """
+
+
+class RedisClock:
+    """Redis's clock on this process's monotonic clock, NTP-style: from the round trip with the
+    least doubt (half its length), which ages at a worst-case drift rate so a fresher tight
+    one replaces it."""
+
+    DRIFT = 1e-4  # 100 ppm
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._doubt = float("inf")
+        self._at = 0.0
+
+    def sample(self, redis_now: float, asked: float, answered: float) -> None:
+        doubt = (answered - asked) / 2
+        if doubt <= self._doubt + (answered - self._at) * self.DRIFT:
+            self._offset = redis_now - (asked + answered) / 2
+            self._doubt, self._at = doubt, answered
+
+    def to_local(self, redis_time: float) -> float:
+        return redis_time - self._offset
 
 
 class RedisRateLimiter:
@@ -54,6 +77,7 @@ class RedisRateLimiter:
         self._max_connections = max_connections
         # The engine's event loop books through its own client, made on that loop.
         self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any] | None = None
+        self._clock = RedisClock()
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 32) -> RedisRateLimiter:
@@ -67,7 +91,7 @@ class RedisRateLimiter:
     ) -> tuple[float, int, float]:
         """One round trip books a whole batch's slots (see app.services.ratelimit)."""
         spacing_us = max(1, round(1_000_000 / rate))
-        wait_us, granted = self._reserve(
+        wait_us, granted, _ = self._reserve(
             keys=[self._prefix + key], args=[spacing_us, count, round(max_wait * 1_000_000)]
         )
         return int(wait_us) / 1_000_000, int(granted), spacing_us / 1_000_000
@@ -75,7 +99,13 @@ class RedisRateLimiter:
     async def reserve_async(
         self, key: str, rate: float, count: int, max_wait: float
     ) -> tuple[float, int, float]:
-        """``reserve`` on the running event loop, with no thread hand-off."""
+        """``reserve`` on the running event loop, with no thread hand-off.
+
+        The wait counts from when this returns, read off Redis's clock: on a busy loop the
+        answer may be read tens of milliseconds after Redis booked the slot, and a wait taken
+        as "from now" would then put every slot that much late. It may be negative: the slot
+        has already passed.
+        """
         if self._url is None:
             return await asyncio.to_thread(self.reserve, key, rate, count, max_wait)
         loop = asyncio.get_running_loop()
@@ -86,10 +116,15 @@ class RedisRateLimiter:
             client = redis.asyncio.Redis(connection_pool=pool)
             self._async = (loop, client, client.register_script(_RESERVE))
         spacing_us = max(1, round(1_000_000 / rate))
-        wait_us, granted = await self._async[2](
+        asked = time.clock_gettime(time.CLOCK_MONOTONIC)
+        wait_us, granted, now_us = await self._async[2](
             keys=[self._prefix + key], args=[spacing_us, count, round(max_wait * 1_000_000)]
         )
-        return int(wait_us) / 1_000_000, int(granted), spacing_us / 1_000_000
+        answered = time.clock_gettime(time.CLOCK_MONOTONIC)
+        redis_now = int(now_us) / 1_000_000
+        self._clock.sample(redis_now, asked, answered)
+        slot = self._clock.to_local(redis_now + int(wait_us) / 1_000_000)
+        return slot - time.clock_gettime(time.CLOCK_MONOTONIC), int(granted), spacing_us / 1e6
 
     def close(self) -> None:
         """Close the synchronous client's connections."""

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from queue import Empty, SimpleQueue
@@ -47,6 +48,10 @@ FLUSH_SECONDS = 0.05
 MAX_RATE_WAIT = 20.0
 # Slots are booked this far ahead of use (a few per sender at a time).
 BOOK_AHEAD = 0.25
+# A process takes a new batch while its senders have less than this many seconds of slots
+# queued here, and waits at most ADMIT_TIMEOUT seconds for that.
+ADMIT_AHEAD = 1.0
+ADMIT_TIMEOUT = 120
 # Slots are booked at this share of a sender's rate, and a text may leave up to LATE_TOLERANCE
 # after its slot (event-loop and scheduler lag on a busy machine); a text that would be later
 # gives its slot up and books a fresh one. Slots are 1/(RATE_MARGIN*rate) apart on a timeline
@@ -133,6 +138,50 @@ _OUTCOME_COLUMNS = (
 _KEEP_UNLESS_SET = ("body", "days_left", "segments", "encoding", "next_attempt_at")
 
 
+class _Batch:
+    """One submitted batch: its report fills as the writer records its outcomes."""
+
+    def __init__(self, sender: Sender, report: SendReport, total: int) -> None:
+        self.sender = sender
+        self.report = report
+        self.total = total
+        self.written = 0
+        self.future: Future[SendReport] = Future()
+
+    def put(self, outcome: Outcome) -> None:
+        """From the loop (or the submitting thread): one outcome, for the writer."""
+        self.sender._outcomes.put((self, outcome))
+
+    def written_more(self, n: int) -> None:
+        self.written += n
+        if self.written >= self.total and not self.future.done():
+            self.future.set_result(self.report)
+            self.sender._closed_batch()
+
+    def fail(self, exc: BaseException, n: int) -> None:
+        """Outcomes that could not be recorded: their rows stay in ``sending``."""
+        self.written += n
+        if not self.future.done():
+            self.future.set_exception(exc)
+            self.sender._closed_batch()
+
+    def check_running(self, running: Future[None]) -> None:
+        """The loop's part ended: if it broke, the outcomes it owed will never come."""
+        exc = running.exception()
+        if exc is not None:
+            log.error("send batch broke on the event loop: %r", exc)
+            self.fail(exc, self.total - self.written)
+
+
+_STOP = object()
+
+
+def _finished(report: SendReport) -> Future[SendReport]:
+    future: Future[SendReport] = Future()
+    future.set_result(report)
+    return future
+
+
 class Sender:
     """One per process: it owns the provider client and runs its batches on the shared loop."""
 
@@ -157,12 +206,26 @@ class Sender:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.send_concurrency, thread_name_prefix="sms"
         )
+        # Outcomes of every open batch go to one writer thread, written in groups.
+        self._outcomes: SimpleQueue[tuple[_Batch, Outcome] | object] = SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._open = 0
+        self._backlog: dict[str, int] = {}  # texts admitted, not yet sent, per rate-limit key
+        self._open_changed = threading.Condition()
+        self._inflight: asyncio.Semaphore | None = None  # made on the loop, for the process
         send_async = getattr(provider, "send_async", None)
         self._send_async: Callable[[str, str, str | None], Awaitable[str]] | None = (
             send_async if callable(send_async) else None
         )
 
-    def close(self) -> None:
+    def close(self, timeout: float = 120.0) -> None:
+        """Let the open batches finish (their texts are in flight), then release everything."""
+        if not self.wait_for_room(1, timeout):
+            log.warning("closing with %d send batches still open", self._open)
+        if self._writer is not None:
+            self._outcomes.put(_STOP)
+            self._writer.join(timeout=30)
+            self._writer = None
         self._pool.shutdown(wait=True)
         close = getattr(self.provider, "close", None)
         if callable(close):
@@ -193,6 +256,18 @@ class Sender:
         ignore_window: bool = False,
     ) -> SendReport:
         """Hold what is outside its window, claim the rest, send, record the outcomes."""
+        return self.submit_ids(ids, on_date=on_date, ignore_window=ignore_window).result()
+
+    def submit_ids(
+        self,
+        ids: Sequence[int],
+        *,
+        on_date: date | None = None,
+        ignore_window: bool = False,
+    ) -> Future[SendReport]:
+        """``send_ids`` without waiting: the rows are held or claimed here, then sent on the
+        shared loop alongside this process's other batches; the future holds the report once
+        every outcome is written."""
         report = SendReport()
         now = self.clock()
         with self.engine.begin() as conn:
@@ -218,16 +293,118 @@ class Sender:
             won = ledger.claim(conn, sendable, now=now)
         report.lost += len(sendable) - len(won)
         if not won:
-            return report
+            return _finished(report)
         with self.engine.connect() as conn:
             rows = ledger.load_claimed(conn, won)
             book = TemplateBook(conn, orgs)
         ready, settled = self._prepare(rows, orgs, book, on_date)
-        if settled:
-            self._write(settled, report)
+        self._admit(ready)
+        batch = self._open_batch(report, len(ready) + len(settled))
+        for outcome in settled:
+            batch.put(outcome)
         if ready:
-            self._send_all(ready, report)
-        return report
+            running = shared_loop().submit(self._send_batch(ready, batch))
+            running.add_done_callback(batch.check_running)
+        return batch.future
+
+    def _admit(self, ready: list[Ready]) -> None:
+        """Wait until this process can take these texts: fewer than SMS_OPEN_BATCHES batches
+        open, and none of their senders with more than ADMIT_AHEAD seconds of its slots still
+        queued here. A batch for other senders starts at once; one for the same senders starts
+        as the earlier one's texts go out, instead of queueing past the rate-wait deadline."""
+        wanted: dict[str, int] = {}
+        ahead: dict[str, float] = {}
+        for item in ready:
+            wanted[item.key] = wanted.get(item.key, 0) + 1
+            ahead[item.key] = item.rate * ADMIT_AHEAD
+
+        def room() -> bool:
+            return self._open < self.settings.open_batches and all(
+                self._backlog.get(key, 0) < limit for key, limit in ahead.items()
+            )
+
+        with self._open_changed:
+            if not self._open_changed.wait_for(room, ADMIT_TIMEOUT):
+                log.warning("no room for a send batch after %d s; taking it anyway", ADMIT_TIMEOUT)
+            for key, n in wanted.items():
+                self._backlog[key] = self._backlog.get(key, 0) + n
+
+    def _dispatched(self, key: str, n: int) -> None:
+        """From the loop: ``n`` texts of ``key`` left the queue (sent, or handed back)."""
+        if not n:
+            return
+        with self._open_changed:
+            left = self._backlog[key] - n
+            if left:
+                self._backlog[key] = left
+            else:
+                del self._backlog[key]
+            self._open_changed.notify_all()
+
+    def wait_for_room(self, max_batches: int, timeout: float) -> bool:
+        """Block while this process has ``max_batches`` batches open (or until ``timeout``)."""
+        with self._open_changed:
+            return self._open_changed.wait_for(lambda: self._open < max_batches, timeout)
+
+    def _open_batch(self, report: SendReport, total: int) -> _Batch:
+        batch = _Batch(self, report, total)
+        if total:
+            with self._open_changed:
+                self._open += 1
+                if self._writer is None or not self._writer.is_alive():
+                    self._writer = threading.Thread(
+                        target=self._write_loop, name="sms-outcomes", daemon=True
+                    )
+                    self._writer.start()
+        else:
+            batch.future.set_result(report)
+        return batch
+
+    def _closed_batch(self) -> None:
+        with self._open_changed:
+            self._open -= 1
+            self._open_changed.notify_all()
+
+    def _write_loop(self) -> None:
+        """The writer thread: outcomes of every open batch, written in groups as they arrive."""
+        buffer: list[tuple[_Batch, Outcome]] = []
+        first_buffered = 0.0
+        while True:
+            wait = FLUSH_SECONDS - (monotonic() - first_buffered) if buffer else None
+            try:
+                item = self._outcomes.get(timeout=max(wait, 0.0) if wait is not None else None)
+            except Empty:
+                item = None
+            else:
+                if item is _STOP:
+                    if buffer:
+                        self._write_group(buffer)
+                    return
+                assert isinstance(item, tuple)
+                if not buffer:
+                    first_buffered = monotonic()
+                buffer.append(item)
+            if buffer and (
+                len(buffer) >= FLUSH_ROWS or monotonic() - first_buffered >= FLUSH_SECONDS
+            ):
+                self._write_group(buffer)
+                buffer = []
+
+    def _write_group(self, items: list[tuple[_Batch, Outcome]]) -> None:
+        by_batch: dict[int, tuple[_Batch, list[Outcome]]] = {}
+        for batch, outcome in items:
+            by_batch.setdefault(id(batch), (batch, []))[1].append(outcome)
+        try:
+            tallies = self._write([o for _, o in items])
+        except Exception as exc:  # the rows stay in sending: the sweeper's job
+            log.exception("could not record %d outcomes; the sweeper will settle them", len(items))
+            for batch, outcomes in by_batch.values():
+                batch.fail(exc, len(outcomes))
+            return
+        for batch, outcomes in by_batch.values():
+            for outcome in outcomes:
+                tallies(batch.report, outcome)
+            batch.written_more(len(outcomes))
 
     @staticmethod
     def _split_by_window(
@@ -314,39 +491,12 @@ class Sender:
         rate = (org.rate_per_second or self.settings.rate_per_second) * RATE_MARGIN
         return Ready(row, org, body, text, self.rate_key(org), rate)
 
-    def _send_all(self, ready: list[Ready], report: SendReport) -> None:
-        """Run the batch on the shared loop; write outcomes here, in groups, as they arrive."""
-        done: SimpleQueue[Outcome] = SimpleQueue()
-        batch = shared_loop().submit(self._send_batch(ready, done))
-        remaining = len(ready)
-        buffer: list[Outcome] = []
-        first_buffered = 0.0
-        while remaining:
-            wait = FLUSH_SECONDS - (monotonic() - first_buffered) if buffer else 1.0
-            try:
-                outcome = done.get(timeout=max(wait, 0.0))
-            except Empty:
-                if batch.done() and done.empty():
-                    batch.result()  # raises what broke the batch
-                    missing = f"send batch ended with {remaining} outcomes missing"
-                    raise RuntimeError(missing) from None
-            else:
-                if not buffer:
-                    first_buffered = monotonic()
-                buffer.append(outcome)
-                remaining -= 1
-            if buffer and (
-                len(buffer) >= FLUSH_ROWS
-                or not remaining
-                or monotonic() - first_buffered >= FLUSH_SECONDS
-            ):
-                self._write(buffer, report)
-                buffer = []
-
-    async def _send_batch(self, ready: list[Ready], done: SimpleQueue[Outcome]) -> None:
+    async def _send_batch(self, ready: list[Ready], done: _Batch) -> None:
         """Each sender's texts are paced by their own coroutine; at most SMS_CONCURRENCY texts
-        are waiting for their slot or for the provider's answer at once."""
-        inflight = asyncio.Semaphore(self.settings.send_concurrency)
+        of this process (all its batches) wait for their slot or the provider's answer."""
+        if self._inflight is None:
+            self._inflight = asyncio.Semaphore(self.settings.send_concurrency)
+        inflight = self._inflight
         sends: set[asyncio.Task[None]] = set()
         by_key: dict[str, list[Ready]] = {}
         for item in ready:
@@ -367,7 +517,7 @@ class Sender:
         items: list[Ready],
         inflight: asyncio.Semaphore,
         sends: set[asyncio.Task[None]],
-        done: SimpleQueue[Outcome],
+        done: _Batch,
         deadline: float,
     ) -> None:
         """Send one sender's texts in order, each at a slot of the shared limiter.
@@ -384,16 +534,17 @@ class Sender:
         chunk = max(1, int(rate * BOOK_AHEAD))
         while queue:
             left = deadline - monotonic()
-            first, granted, spacing, booked = 0.0, 0, 0.0, 0.0
+            first, granted, spacing, asked, answered = 0.0, 0, 0.0, 0.0, 0.0
             if left > 0:
                 try:
-                    booked, (first, granted, spacing) = await self._book(
+                    asked, answered, (first, granted, spacing) = await self._book(
                         key, rate, min(chunk, len(queue)), left
                     )
                 except Exception as exc:  # noqa: BLE001 - nothing was sent: a retry is safe
                     log.warning("rate limiter failed for %s: %r", key, exc)
                     for item in queue:
                         done.put(self._no_slot(item))
+                    self._dispatched(key, len(queue))
                     return
             if not granted:
                 until = self.clock() + timedelta(seconds=max(first, 1.0))
@@ -402,33 +553,42 @@ class Sender:
                 )
                 for item in queue:
                     done.put(Outcome(item.row, item.org, "deferred", {"next_attempt_at": until}))
+                self._dispatched(key, len(queue))
                 return
+            went = 0
             for i in range(granted):
                 await inflight.acquire()
-                at = booked + first + i * spacing
+                # The limiter's clock read the slot between asking and reading the answer: go no
+                # earlier than the latest it can be, and no later than the earliest allows.
+                at = answered + first + i * spacing
                 now = monotonic()
                 while now < at:
                     await asyncio.sleep(at - now)
                     now = monotonic()
-                if spacing and now - at > LATE_TOLERANCE:
+                if spacing and now - (asked + first + i * spacing) > LATE_TOLERANCE:
                     inflight.release()
                     break
                 task = loop.create_task(self._send_one(queue.popleft(), inflight, done))
                 sends.add(task)
                 task.add_done_callback(sends.discard)
+                went += 1
+            self._dispatched(key, went)
 
     async def _book(
         self, key: str, rate: float, count: int, max_wait: float
-    ) -> tuple[float, tuple[float, int, float]]:
-        """Book slots; the clock is read after the answer, so a slot is never taken early."""
+    ) -> tuple[float, float, tuple[float, int, float]]:
+        """Book slots: (our clock when asking, when the answer was read, the booking)."""
+        asked = monotonic()
         reserve_async = getattr(self.limiter, "reserve_async", None)
         if reserve_async is not None:
+            # Its wait is exact from when it returns (it reads the limiter's own clock).
             booked: tuple[float, int, float] = await reserve_async(key, rate, count, max_wait)
-        else:
-            booked = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.limiter.reserve, key, rate, count, max_wait
-            )
-        return monotonic(), booked
+            now = monotonic()
+            return now, now, booked
+        booked = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.limiter.reserve, key, rate, count, max_wait
+        )
+        return asked, monotonic(), booked
 
     def _no_slot(self, item: Ready) -> Outcome:
         return Outcome(
@@ -445,9 +605,7 @@ class Sender:
 
     # --- one text ---------------------------------------------------------------------------
 
-    async def _send_one(
-        self, item: Ready, inflight: asyncio.Semaphore, done: SimpleQueue[Outcome]
-    ) -> None:
+    async def _send_one(self, item: Ready, inflight: asyncio.Semaphore, done: _Batch) -> None:
         try:
             outcome = await self._deliver(item)
         except Exception:
@@ -514,19 +672,23 @@ class Sender:
 
     # --- recording --------------------------------------------------------------------------
 
-    def _write(self, outcomes: list[Outcome], report: SendReport) -> None:
-        """One transaction for a group of outcomes; each row moves only out of ``sending``."""
+    def _write(self, outcomes: list[Outcome]) -> Callable[[SendReport, Outcome], None]:
+        """One transaction for a group of outcomes; each row moves only out of ``sending``.
+        Returns what adds one written outcome to its batch's report."""
         now = self.clock()
-        by_status: dict[str, list[dict[str, Any]]] = {}
-        deferred: dict[datetime, list[int]] = {}
+        by_status: dict[str, list[tuple[Outcome, dict[str, Any]]]] = {}
+        deferred: dict[datetime, list[Outcome]] = {}
         for o in outcomes:
             if o.status == "deferred":
-                deferred.setdefault(o.values["next_attempt_at"], []).append(o.row.id)
+                deferred.setdefault(o.values["next_attempt_at"], []).append(o)
                 continue
             row_params: dict[str, Any] = {c: o.values.get(c) for c in _OUTCOME_COLUMNS}
             row_params.update({f"set_{c}": c in o.values for c in _KEEP_UNLESS_SET})
             row_params["row_id"] = o.row.id
-            by_status.setdefault(o.status, []).append(row_params)
+            by_status.setdefault(o.status, []).append((o, row_params))
+        # What each outcome counts as; rows someone else moved first count as lost (which of a
+        # group's rows they were is not known, only how many).
+        counts_as = {id(o): "retrying" if o.status == "pending" else o.status for o in outcomes}
         with self.engine.begin() as conn:
             for o in outcomes:
                 if o.opt_out and o.row.phone_e164:
@@ -537,21 +699,33 @@ class Sender:
                         source="provider",
                         now=now,
                     )
-            for status, group in by_status.items():
-                moved = conn.execute(_outcome_update(status, now), group).rowcount
-                if moved is not None and 0 <= moved < len(group):
-                    report.lost += len(group) - moved
-                    log.warning("%d outcomes found their rows already moved", len(group) - moved)
-            for until, ids in deferred.items():
-                report.deferred += ledger.release(conn, ids, until=until)
+            moves = [
+                (group, conn.execute(_outcome_update(status, now), [p for _, p in group]).rowcount)
+                for status, group in by_status.items()
+            ]
+            moves += [
+                (
+                    [(o, {}) for o in group],
+                    ledger.release(conn, [o.row.id for o in group], until=until),
+                )
+                for until, group in deferred.items()
+            ]
+        for group, moved in moves:
+            if moved is not None and 0 <= moved < len(group):
+                log.warning("%d outcomes found their rows already moved", len(group) - moved)
+                for o, _ in group[moved:]:
+                    counts_as[id(o)] = "lost"
         for o in outcomes:
-            if o.status == "deferred":
-                continue
-            counter = "retrying" if o.status == "pending" else o.status
+            if o.status != "deferred":
+                _log_outcome(o)
+
+        def tally(report: SendReport, o: Outcome) -> None:
+            counter = counts_as[id(o)]
             setattr(report, counter, getattr(report, counter) + 1)
-            if o.status == "pending":
+            if counter == "retrying":
                 report.retry_at.append(o.values["next_attempt_at"])
-            _log_outcome(o)
+
+        return tally
 
 
 def _outcome_update(status: str, now: datetime) -> Any:

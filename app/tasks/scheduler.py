@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from datetime import date, timedelta
+from concurrent.futures import Future
+from datetime import date, datetime, timedelta
 from typing import Any, NoReturn
 
 import click
@@ -23,6 +24,7 @@ from app.errors import ConfigError
 from app.providers import check_provider_settings
 from app.services import dispatch
 from app.services.engine import load_orgs, plan_day
+from app.services.sender import SendReport
 from app.settings import get_settings
 from app.tasks import runtime
 
@@ -162,11 +164,31 @@ def send_payment_reminder_sms(
 
 @_task(name="app.tasks.scheduler.send_reminders", **_limits("send"))
 def send_reminders(ids: list[int], date: str | None = None) -> None:
-    """Send these ledger rows: each is claimed (pending -> sending) before the provider call."""
+    """Send these ledger rows: each is claimed (pending -> sending) before the provider call.
+
+    The task returns once its rows are claimed and handed to this process's event loop, so the
+    process takes the next batch while this one waits for rate-limit slots and answers (it
+    waits first while the process has SMS_OPEN_BATCHES batches open, or a second's worth of
+    texts queued for the same senders). Outcomes are recorded, and the batch logged, as the
+    answers come back.
+    """
     rt = runtime.current()
     started = utcnow()
-    report = rt.sender.send_ids(ids, on_date=_parse_date(date))
+    batch = rt.sender.submit_ids(ids, on_date=_parse_date(date))
+    batch.add_done_callback(lambda done: _batch_finished(ids, started, done))
+
+
+def _batch_finished(ids: list[int], started: datetime, done: Future[SendReport]) -> None:
+    """When every outcome of a batch is recorded (on the process's outcome writer thread)."""
+    rt = runtime.current()
     rt.batch_done()
+    try:
+        report = done.result()
+    except Exception as exc:  # noqa: BLE001 - logged; the sweeper settles the rows
+        log.error(
+            "batch of %d: outcomes not all recorded (%r); the sweeper settles them", len(ids), exc
+        )
+        return
     log.info(
         "batch of %d: sent=%d failed=%d skipped=%d retrying=%d unknown=%d held=%d deferred=%d"
         " not-claimed=%d",
