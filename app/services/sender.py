@@ -136,6 +136,9 @@ _OUTCOME_COLUMNS = (
 )
 # Columns an outcome keeps as they are when it does not set them.
 _KEEP_UNLESS_SET = ("body", "days_left", "segments", "encoding", "next_attempt_at")
+# A text sent with its planned body sets only these (and clears any earlier error).
+_SENT_COLUMNS = frozenset({"provider_message_id", "sent_at"})
+_SENT_AS_PLANNED = "sent as planned"
 
 
 class _Batch:
@@ -481,13 +484,17 @@ class Sender:
                         "error_message": str(exc),
                     },
                 )
-        info = count_segments(body)
-        text = {
-            "body": body,
-            "days_left": days_left,
-            "segments": info.segments,
-            "encoding": info.encoding,
-        }
+        text: dict[str, Any] = {}
+        if body != row.body or days_left != row.days_left:
+            # Re-rendered: the ledger keeps what was actually sent. Otherwise the planned
+            # body and its segment count stand as they are.
+            info = count_segments(body)
+            text = {
+                "body": body,
+                "days_left": days_left,
+                "segments": info.segments,
+                "encoding": info.encoding,
+            }
         rate = (org.rate_per_second or self.settings.rate_per_second) * RATE_MARGIN
         return Ready(row, org, body, text, self.rate_key(org), rate)
 
@@ -682,6 +689,11 @@ class Sender:
             if o.status == "deferred":
                 deferred.setdefault(o.values["next_attempt_at"], []).append(o)
                 continue
+            if o.status == "sent" and o.values.keys() <= _SENT_COLUMNS:
+                # The common case, written with a statement of three parameters a row.
+                lean = {c: o.values[c] for c in _SENT_COLUMNS}
+                by_status.setdefault(_SENT_AS_PLANNED, []).append((o, {"row_id": o.row.id, **lean}))
+                continue
             row_params: dict[str, Any] = {c: o.values.get(c) for c in _OUTCOME_COLUMNS}
             row_params.update({f"set_{c}": c in o.values for c in _KEEP_UNLESS_SET})
             row_params["row_id"] = o.row.id
@@ -729,6 +741,20 @@ class Sender:
 
 
 def _outcome_update(status: str, now: datetime) -> Any:
+    if status == _SENT_AS_PLANNED:
+        return (
+            update(Reminder)
+            .where(Reminder.id == bindparam("row_id"), Reminder.status == "sending")
+            .values(
+                status="sent",
+                updated_at=now,
+                reason=None,
+                error_code=None,
+                error_message=None,
+                provider_message_id=bindparam("provider_message_id"),
+                sent_at=bindparam("sent_at", type_=Reminder.__table__.c.sent_at.type),
+            )
+        )
     values: dict[str, Any] = {"status": status, "updated_at": now}
     for c in _OUTCOME_COLUMNS:
         if c in _KEEP_UNLESS_SET:
