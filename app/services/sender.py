@@ -221,7 +221,7 @@ class Sender:
             send_async if callable(send_async) else None
         )
 
-    def close(self, timeout: float = 120.0) -> None:
+    def close(self, timeout: float = 45.0) -> None:
         """Let the open batches finish (their texts are in flight), then release everything."""
         if not self.wait_for_room(1, timeout):
             log.warning("closing with %d send batches still open", self._open)
