@@ -318,8 +318,8 @@ def test_date_option_acts_as_that_local_day(
 
 
 def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine: Engine) -> None:
-    """20 texts a second for one sender (booked at 90%: 18/s) and 0.5 s to send them: the 9 or
-    10 slots that fit go out spaced, the rest wait in the ledger with their attempt given back."""
+    """20 texts a second for one sender (booked at 85%: 17/s) and 0.5 s to send them: the
+    slots that fit go out spaced, the rest wait in the ledger with their attempt given back."""
     import itertools
     import time
 
@@ -347,7 +347,7 @@ def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine:
         result = run(engine, s)
     finally:
         s.close()
-    assert 9 <= result["sent"] <= 10
+    assert 7 <= result["sent"] <= 10  # 0.5 s x 17/s, give or take the edges
     rows = ledger_rows(engine)
     waiting = [r for r in rows if r["status"] == "pending"]
     assert len(waiting) == 30 - result["sent"] and {r["attempts"] for r in waiting} == {0}
