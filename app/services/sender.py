@@ -143,6 +143,15 @@ _SENT_COLUMNS = frozenset({"provider_message_id", "sent_at"})
 _SENT_AS_PLANNED = "sent as planned"
 
 
+class _Lane:
+    """One sender's texts of one batch, as its pacer works through them."""
+
+    def __init__(self, queue: deque[Ready]) -> None:
+        self.queue = queue
+        self.starting = 0  # let go, their task not yet run (it may find its slot gone)
+        self.wake = asyncio.Event()
+
+
 class _Batch:
     """One submitted batch: its report fills as the writer records its outcomes."""
 
@@ -216,6 +225,7 @@ class Sender:
         self._writer: threading.Thread | None = None
         self._open = 0
         self._backlog: dict[str, int] = {}  # texts admitted, not yet sent, per rate-limit key
+        self._ahead: dict[str, float] = {}  # the backlog under which a key takes more
         self._open_changed = threading.Condition()
         self._inflight: asyncio.Semaphore | None = None  # made on the loop, for the process
         send_async = getattr(provider, "send_async", None)
@@ -333,18 +343,22 @@ class Sender:
                 log.warning("no room for a send batch after %d s; taking it anyway", ADMIT_TIMEOUT)
             for key, n in wanted.items():
                 self._backlog[key] = self._backlog.get(key, 0) + n
+            self._ahead.update(ahead)
 
     def _dispatched(self, key: str, n: int) -> None:
         """From the loop: ``n`` texts of ``key`` left the queue (sent, or handed back)."""
         if not n:
             return
         with self._open_changed:
-            left = self._backlog[key] - n
+            before = self._backlog[key]
+            left = before - n
             if left:
                 self._backlog[key] = left
             else:
                 del self._backlog[key]
-            self._open_changed.notify_all()
+            limit = self._ahead.get(key, 0.0)
+            if left == 0 or before >= limit > left:
+                self._open_changed.notify_all()
 
     def wait_for_room(self, max_batches: int, timeout: float) -> bool:
         """Block while this process has ``max_batches`` batches open (or until ``timeout``)."""
@@ -539,9 +553,15 @@ class Sender:
         """
         loop = asyncio.get_running_loop()
         rate = items[0].rate
-        queue = deque(items)
+        lane = _Lane(deque(items))
+        queue = lane.queue
         chunk = max(1, int(rate * BOOK_AHEAD))
-        while queue:
+        while queue or lane.starting:
+            if not queue:
+                # Texts let go may still come back: late by the time their task ran.
+                lane.wake.clear()
+                await lane.wake.wait()
+                continue
             left = deadline - monotonic()
             first, granted, spacing, asked, answered = 0.0, 0, 0.0, 0.0, 0.0
             if left > 0:
@@ -554,7 +574,8 @@ class Sender:
                     for item in queue:
                         done.put(self._no_slot(item))
                     self._dispatched(key, len(queue))
-                    return
+                    queue.clear()
+                    continue
             if not granted:
                 until = self.clock() + timedelta(seconds=max(first, 1.0))
                 log.info(
@@ -563,9 +584,9 @@ class Sender:
                 for item in queue:
                     done.put(Outcome(item.row, item.org, "deferred", {"next_attempt_at": until}))
                 self._dispatched(key, len(queue))
-                return
-            went = 0
-            for i in range(granted):
+                queue.clear()
+                continue  # until the texts let go have all started (some may come back)
+            for i in range(min(granted, len(queue))):
                 await inflight.acquire()
                 # The limiter's clock read the slot between asking and reading the answer: go no
                 # earlier than the latest it can be, and no later than the earliest allows.
@@ -574,14 +595,18 @@ class Sender:
                 while now < at:
                     await asyncio.sleep(at - now)
                     now = monotonic()
-                if spacing and now - (asked + first + i * spacing) > LATE_TOLERANCE:
+                slot = asked + first + i * spacing
+                if spacing and now - slot > LATE_TOLERANCE:
                     inflight.release()
                     break
-                task = loop.create_task(self._send_one(queue.popleft(), inflight, done))
+                lane.starting += 1
+                task = loop.create_task(
+                    self._send_one(
+                        queue.popleft(), (slot if spacing else None), lane, inflight, done
+                    )
+                )
                 sends.add(task)
                 task.add_done_callback(sends.discard)
-                went += 1
-            self._dispatched(key, went)
 
     async def _book(
         self, key: str, rate: float, count: int, max_wait: float
@@ -614,7 +639,22 @@ class Sender:
 
     # --- one text ---------------------------------------------------------------------------
 
-    async def _send_one(self, item: Ready, inflight: asyncio.Semaphore, done: _Batch) -> None:
+    async def _send_one(
+        self,
+        item: Ready,
+        slot: float | None,
+        lane: _Lane,
+        inflight: asyncio.Semaphore,
+        done: _Batch,
+    ) -> None:
+        lane.starting -= 1
+        lane.wake.set()
+        if slot is not None and monotonic() - slot > LATE_TOLERANCE:
+            # Let go in time, but the loop ran this too late: the slot is gone, book another.
+            lane.queue.appendleft(item)
+            inflight.release()
+            return
+        self._dispatched(item.key, 1)
         try:
             outcome = await self._deliver(item)
         except Exception:
