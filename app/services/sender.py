@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from queue import Empty, SimpleQueue
@@ -181,7 +181,7 @@ class _Batch:
 
     def check_running(self, running: Future[None]) -> None:
         """The loop's part ended: if it broke, the outcomes it owed will never come."""
-        exc = running.exception()
+        exc = CancelledError() if running.cancelled() else running.exception()
         if exc is not None:
             log.error("send batch broke on the event loop: %r", exc)
             self.fail(exc, self.total - self.written)
