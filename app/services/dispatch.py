@@ -273,6 +273,39 @@ def take_due(
     return sorted(conn.execute(stmt).scalars())
 
 
+def day_order(conn: Connection, *, now: datetime, org_ids: Sequence[int]) -> list[int]:
+    """The due ``pending`` rows of these organizations, taking turns between organizations
+    (each one's rows in id order): cut into batches, every batch holds texts of every
+    organization, so a process works many senders at once instead of one organization's whole
+    day at a time (organizations imported one after another have runs of consecutive ids)."""
+    if not org_ids:
+        return []
+    due = or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now)
+    turn = func.row_number().over(partition_by=Reminder.org_id, order_by=Reminder.id)
+    stmt = (
+        select(Reminder.id)
+        .where(Reminder.status == "pending", due, Reminder.org_id.in_(list(org_ids)))
+        .order_by(turn, Reminder.org_id)
+    )
+    return list(conn.execute(stmt).scalars())
+
+
+def hand_over(conn: Connection, ids: Sequence[int], *, now: datetime) -> list[int]:
+    """Mark these rows as handed to the broker if they are still due and ``pending``; return
+    those, in the order given."""
+    if not ids:
+        return []
+    due = or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now)
+    stmt = (
+        update(Reminder)
+        .where(Reminder.id.in_(list(ids)), Reminder.status == "pending", due)
+        .values(updated_at=now)
+        .returning(Reminder.id)
+    )
+    marked = set(conn.execute(stmt).scalars())
+    return [i for i in ids if i in marked]
+
+
 def retry_waits(
     conn: Connection,
     ids: Sequence[int],

@@ -86,6 +86,23 @@ def _enqueue_sends(ids: list[int], on_date: str | None) -> None:
     send_reminders.apply_async(args=[ids], kwargs={"date": on_date})
 
 
+def _hand_over_day(org_ids: list[int], on_date: str | None) -> int:
+    """Hand a day's due rows to the broker in batches that take turns between organizations;
+    each batch marked and committed before it is sent."""
+    rt = runtime.current()
+    size = rt.settings.send_batch_size
+    with rt.engine.connect() as conn:
+        order = dispatch.day_order(conn, now=utcnow(), org_ids=org_ids)
+    taken = 0
+    for start in range(0, len(order), size):
+        with rt.engine.begin() as conn:
+            ids = dispatch.hand_over(conn, order[start : start + size], now=utcnow())
+        if ids:
+            _enqueue_sends(ids, on_date)
+            taken += len(ids)
+    return taken
+
+
 def _requeue_due(*, org_ids: list[int] | None, lease: float | None, on_date: str | None) -> int:
     """Hand due pending rows to the broker in batches; each batch committed before it is sent."""
     rt = runtime.current()
@@ -141,7 +158,7 @@ def send_payment_reminder_sms(
         report = plan_day(conn, now=now, orgs=orgs, on_date=on_date)
         days = {o.id: o.today(now, on_date) for o in orgs.values()}
         dispatch.mark_planned(conn, org_days=days)
-    enqueued = _requeue_due(org_ids=list(orgs), lease=None, on_date=date) if orgs else 0
+    enqueued = _hand_over_day(list(orgs), date) if orgs else 0
     for o in orgs.values():
         log.info("day started org=%s date=%s", o.slug, days[o.id].isoformat())
     log.info(

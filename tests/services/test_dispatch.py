@@ -261,3 +261,36 @@ def test_cleanup_keeps_rows_whose_expiry_is_still_ahead(pg_engine: Engine) -> No
         total = conn.execute(select(func.count()).select_from(Reminder)).scalar_one()
     assert removed == 1
     assert left == [date(2025, 3, 2)] and total == 1
+
+
+@freeze_time("2026-05-05 12:00:00")
+def test_a_days_batches_take_turns_between_organizations(pg_engine: Engine) -> None:
+    """Organizations imported one after another have runs of consecutive ledger ids; the day's
+    hand-over still mixes them, so no batch is one organization's (one sender's) alone."""
+    now = utcnow()
+    orgs = []
+    for k, slug in enumerate(("north", "south", "west")):
+        org = make_org(pg_engine, slug, now=now, send_window="00:00-00:00")
+        orgs.append(org)
+        for i in range(4):
+            add_subscription(
+                pg_engine,
+                org,
+                expires_on=now.date() + timedelta(days=3),
+                phone=f"+1202555{k}{i:03d}",
+            )
+    with pg_engine.begin() as conn:
+        plan_day(conn, now=now, orgs=load_orgs(conn))
+        org_of = dict(conn.execute(select(Reminder.id, Reminder.org_id)).all())
+        order = dispatch.day_order(conn, now=now, org_ids=orgs)
+    assert sorted(order) == sorted(org_of)
+    for start in range(0, 12, 3):  # batches of three: one row of each organization
+        assert {org_of[i] for i in order[start : start + 3]} == set(orgs)
+    with pg_engine.begin() as conn:
+        conn.execute(update(Reminder).where(Reminder.id == order[0]).values(status="sent"))
+        handed = dispatch.hand_over(conn, order[:3], now=now + timedelta(seconds=1))
+    assert handed == order[1:3]  # a row no longer pending is not handed over
+    with pg_engine.begin() as conn:
+        # Handed over: the sweeper leaves them to their message for the lease.
+        swept = dispatch.take_due(conn, now=now + timedelta(seconds=60), lease_seconds=900)
+    assert not set(swept) & set(handed) and len(swept) == 9

@@ -318,7 +318,7 @@ def test_date_option_acts_as_that_local_day(
 
 
 def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine: Engine) -> None:
-    """20 texts a second for one sender (booked at 85%: 17/s) and 0.5 s to send them: the
+    """20 texts a second for one sender (booked at 80%: 16/s) and 0.5 s to send them: the
     slots that fit go out spaced, the rest wait in the ledger with their attempt given back."""
     import time
 
@@ -346,14 +346,14 @@ def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine:
         result = run(engine, s)
     finally:
         s.close()
-    assert 7 <= result["sent"] <= 10  # 0.5 s x 17/s, give or take the edges
+    assert 6 <= result["sent"] <= 10  # 0.5 s x 16/s, give or take the edges
     rows = ledger_rows(engine)
     waiting = [r for r in rows if r["status"] == "pending"]
     assert len(waiting) == 30 - result["sent"] and {r["attempts"] for r in waiting} == {0}
     assert all(r["next_attempt_at"] > utcnow() for r in waiting)  # type: ignore[operator]
     stamps.sort()
-    # Spread at the booked 17/s, each text at most 0.1 s after its slot: never a burst.
-    assert stamps[-1] - stamps[0] >= (len(stamps) - 1) / 17 - 0.1
+    # Spread at the booked 16/s, each text at most 0.1 s after its slot: never a burst.
+    assert stamps[-1] - stamps[0] >= (len(stamps) - 1) / 16 - 0.1
     assert max(sum(1 for u in stamps if t <= u < t + 0.25) for t in stamps) <= 0.25 * 20 + 1
     assert provider.sent[0][2] == "+12025550999"
 
