@@ -24,6 +24,11 @@ from app.db.models import (
 )
 
 
+def is_due(now: datetime) -> Any:
+    """WHERE clause: the row's next attempt is due at ``now`` (or was never put off)."""
+    return or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now)
+
+
 def due_ids(
     conn: Connection,
     *,
@@ -37,7 +42,7 @@ def due_ids(
         select(Reminder.id)
         .where(
             Reminder.status == "pending",
-            or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now),
+            is_due(now),
             Reminder.id > after_id,
         )
         .order_by(Reminder.id)
@@ -69,7 +74,7 @@ def claim(conn: Connection, ids: Sequence[int], *, now: datetime) -> list[int]:
         .where(
             Reminder.id.in_(list(ids)),
             Reminder.status == "pending",
-            or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now),
+            is_due(now),
         )
         .values(
             status="sending",

@@ -69,10 +69,3 @@ class SmsProvider(Protocol):
     ) -> SentMessage | None:
         """The message to ``to`` with ``body`` created at or after ``since``, if any."""
         ...
-
-
-class AsyncSmsProvider(SmsProvider, Protocol):
-    """A provider that can also be awaited on the shared loop (``app.aioloop``): the engine
-    then keeps its sends in flight as coroutines instead of threads."""
-
-    async def send_async(self, to: str, body: str, sender: str | None) -> str: ...

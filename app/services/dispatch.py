@@ -24,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.db import ledger
 from app.db.models import DailyRun, Organization, Reminder
 from app.domain import planning
 from app.services.engine import OrgConfig, load_orgs
@@ -220,7 +221,7 @@ def day_busy(conn: Connection, *, org_days: dict[int, date], now: datetime) -> i
         Reminder.status == "sending",
         and_(
             Reminder.status == "pending",
-            or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now),
+            ledger.is_due(now),
         ),
     )
     stmt = select(func.count()).where(_on_days(org_days), busy)
@@ -242,7 +243,7 @@ def take_due(
     taken: never handed over since their attempt fell due, or handed over longer ago than the
     lease. Locked rows are skipped, so concurrent takers split the rows between them.
     """
-    due = or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now)
+    due = ledger.is_due(now)
     pick = (
         select(Reminder.id)
         .where(Reminder.status == "pending", due, Reminder.id > after_id)
@@ -280,7 +281,7 @@ def day_order(conn: Connection, *, now: datetime, org_ids: Sequence[int]) -> lis
     day at a time (organizations imported one after another have runs of consecutive ids)."""
     if not org_ids:
         return []
-    due = or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now)
+    due = ledger.is_due(now)
     turn = func.row_number().over(partition_by=Reminder.org_id, order_by=Reminder.id)
     stmt = (
         select(Reminder.id)
@@ -295,7 +296,7 @@ def hand_over(conn: Connection, ids: Sequence[int], *, now: datetime) -> list[in
     those, in the order given."""
     if not ids:
         return []
-    due = or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now)
+    due = ledger.is_due(now)
     stmt = (
         update(Reminder)
         .where(Reminder.id.in_(list(ids)), Reminder.status == "pending", due)

@@ -66,8 +66,8 @@ class RedisRateLimiter:
         self,
         client: redis.Redis,
         *,
+        url: str,
         prefix: str = "reminders:rate:",
-        url: str | None = None,
         max_connections: int = 32,
     ) -> None:
         self._client = client
@@ -106,8 +106,6 @@ class RedisRateLimiter:
         as "from now" would then put every slot that much late. It may be negative: the slot
         has already passed.
         """
-        if self._url is None:
-            return await asyncio.to_thread(self.reserve, key, rate, count, max_wait)
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
             pool = redis.asyncio.BlockingConnectionPool.from_url(

@@ -191,12 +191,6 @@ class _Batch:
 _STOP = object()
 
 
-def _finished(report: SendReport) -> Future[SendReport]:
-    future: Future[SendReport] = Future()
-    future.set_result(report)
-    return future
-
-
 class Sender:
     """One per process: it owns the provider client and runs its batches on the shared loop."""
 
@@ -236,7 +230,9 @@ class Sender:
 
     def close(self, timeout: float = 45.0) -> None:
         """Let the open batches finish (their texts are in flight), then release everything."""
-        if not self.wait_for_room(1, timeout):
+        with self._open_changed:
+            closed = self._open_changed.wait_for(lambda: self._open == 0, timeout)
+        if not closed:
             log.warning("closing with %d send batches still open", self._open)
         if self._writer is not None:
             self._outcomes.put(_STOP)
@@ -309,7 +305,7 @@ class Sender:
             won = ledger.claim(conn, sendable, now=now)
         report.lost += len(sendable) - len(won)
         if not won:
-            return _finished(report)
+            return self._open_batch(report, 0).future
         with self.engine.connect() as conn:
             rows = ledger.load_claimed(conn, won)
             book = TemplateBook(conn, orgs)
@@ -361,11 +357,6 @@ class Sender:
             if left == 0 or before >= limit > left:
                 self._open_changed.notify_all()
 
-    def wait_for_room(self, max_batches: int, timeout: float) -> bool:
-        """Block while this process has ``max_batches`` batches open (or until ``timeout``)."""
-        with self._open_changed:
-            return self._open_changed.wait_for(lambda: self._open < max_batches, timeout)
-
     def _open_batch(self, report: SendReport, total: int) -> _Batch:
         batch = _Batch(self, report, total)
         if total:
@@ -390,11 +381,11 @@ class Sender:
         buffer: list[tuple[_Batch, Outcome]] = []
         first_buffered = 0.0
         while True:
-            wait = FLUSH_SECONDS - (monotonic() - first_buffered) if buffer else None
+            wait = max(FLUSH_SECONDS - (monotonic() - first_buffered), 0.0) if buffer else None
             try:
-                item = self._outcomes.get(timeout=max(wait, 0.0) if wait is not None else None)
+                item = self._outcomes.get(timeout=wait)
             except Empty:
-                item = None
+                pass
             else:
                 if item is _STOP:
                     if buffer:

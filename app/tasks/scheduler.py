@@ -103,19 +103,20 @@ def _hand_over_day(org_ids: list[int], on_date: str | None) -> int:
     return taken
 
 
-def _requeue_due(*, org_ids: list[int] | None, lease: float | None, on_date: str | None) -> int:
-    """Hand due pending rows to the broker in batches; each batch committed before it is sent."""
+def _requeue_due(*, lease: float) -> int:
+    """The sweeper's hand-over: due pending rows with no message in the broker, in batches; each
+    batch committed before it is sent."""
     rt = runtime.current()
     size = rt.settings.send_batch_size
     taken, after = 0, 0
     while True:
         with rt.engine.begin() as conn:
             ids = dispatch.take_due(
-                conn, now=utcnow(), org_ids=org_ids, lease_seconds=lease, after_id=after, limit=size
+                conn, now=utcnow(), lease_seconds=lease, after_id=after, limit=size
             )
         if not ids:
             return taken
-        _enqueue_sends(ids, on_date)
+        _enqueue_sends(ids, None)
         taken += len(ids)
         after = ids[-1]
 
@@ -270,7 +271,7 @@ def sweep() -> dict[str, int]:
             day.local_date,
             " ".join(f"{k}={v}" for k, v in sorted(day.counts.items())),
         )
-    requeued = _requeue_due(org_ids=None, lease=lease, on_date=None)
+    requeued = _requeue_due(lease=lease)
     if requeued:
         log.info("sweep: enqueued %d due texts", requeued)
     return {"released": released, "requeued": requeued, "restarted": len(restarts)}
@@ -294,7 +295,7 @@ def reconcile_unknown(safe_delay_seconds: float | None = None) -> dict[str, int]
     if report.checked:
         log.info("reconcile: %s", " ".join(f"{k}={v}" for k, v in report.as_dict().items()))
     if report.retried:
-        _requeue_due(org_ids=None, lease=rt.settings.stale_sending_seconds, on_date=None)
+        _requeue_due(lease=rt.settings.stale_sending_seconds)
     return report.as_dict()
 
 
