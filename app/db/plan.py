@@ -104,6 +104,8 @@ _RESULT_TYPES: list[ColumnClause[Any]] = [
     column("plan", String),
     column("amount", Numeric(12, 2)),
     column("currency", String),
+    column("local_date", Date),
+    column("turn", BigInteger),
 ]
 
 
@@ -116,7 +118,8 @@ SELECT s.id, s.org_id, s.customer_id, s.expires_on, {int_.format("m.lead_days")}
        {int_.format("m.days_left")}, COALESCE(c.phone_e164, c.phone), o.sender,
        CASE WHEN c.phone_e164 IS NULL THEN 'invalid_phone'
             WHEN oo.id IS NOT NULL THEN 'opted_out' END,
-       c.name, s.plan, s.amount, s.currency
+       c.name, s.plan, s.amount, s.currency, {date_.format(":local_date")},
+       row_number() OVER (PARTITION BY s.org_id ORDER BY s.id, m.lead_days)
 FROM m
 JOIN subscriptions s ON s.expires_on = {date_.format("m.expires_on")} AND s.org_id IN :orgs
 JOIN customers c ON c.id = s.customer_id
@@ -128,31 +131,45 @@ WHERE s.status = 'active'
 """
 
 
+# ``turn`` numbers each organization's candidates 1, 2, 3 …: read in (turn, org_id) order, the
+# day takes turns between organizations.
 _CANDIDATE_TABLE = """
 CREATE TEMPORARY TABLE _candidates (
     subscription_id BIGINT, org_id BIGINT, customer_id BIGINT, expires_on DATE,
     lead_days INTEGER, days_left INTEGER, phone VARCHAR(64), sender VARCHAR(64),
     skip_reason VARCHAR(20), customer_name VARCHAR(200), plan VARCHAR(200),
-    amount NUMERIC(12, 2), currency VARCHAR(3)
+    amount NUMERIC(12, 2), currency VARCHAR(3), local_date DATE, turn BIGINT
 )"""
+
+_PAGE_SQL = """
+SELECT subscription_id, org_id, customer_id, expires_on, lead_days, days_left, phone, sender,
+       skip_reason, customer_name, plan, amount, currency, local_date, turn
+FROM _candidates WHERE (turn, org_id) > (:turn, :org_id) ORDER BY turn, org_id LIMIT :page
+"""
 
 
 def candidates(
     conn: Connection, org_days: Sequence[OrgDay], *, page: int = 5000
 ) -> Iterator[list[Candidate]]:
-    """Every due reminder the ledger lacks, streamed in pages (memory stays flat).
+    """Every due reminder the ledger lacks, in pages that take turns between organizations.
 
-    The set is computed first into a temporary table by one INSERT … SELECT per group, and only
-    then read page by page: the query that checks the ledger never runs while this plan is
-    writing to it (a lazily read cursor would probe a growing ledger at every page).
+    The set is computed first into a temporary table by one INSERT … SELECT per group of
+    organizations sharing a date and lead days, and only then read, page by page (memory
+    stays flat): the query that checks the ledger never runs while this plan is writing to
+    it. Each page is its own query on the table's (turn, organization) index, so the caller
+    may commit between pages; the table lives as long as the connection, until the last page.
     """
     groups: dict[tuple[date, tuple[tuple[int, int], ...]], list[int]] = {}
     for od in org_days:
         if od.offsets:
             groups.setdefault((od.local_date, od.offsets), []).append(od.org_id)
+    if not groups:
+        return
+    conn.execute(text("DROP TABLE IF EXISTS _candidates"))
+    conn.execute(text(_CANDIDATE_TABLE))
     for (local_date, offsets), org_ids in groups.items():
         rows = ",".join(f"(:l{j}, :k{j}, :e{j})" for j in range(len(offsets)))
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = {"local_date": local_date}
         for j, (days_left, lead) in enumerate(offsets):
             params.update(
                 {f"l{j}": days_left, f"k{j}": lead, f"e{j}": local_date + timedelta(days=days_left)}
@@ -160,37 +177,60 @@ def candidates(
         fill = text(
             "INSERT INTO _candidates " + _candidates_sql(conn.dialect.name, rows)
         ).bindparams(bindparam("orgs", expanding=True))
-        conn.execute(text("DROP TABLE IF EXISTS _candidates"))
-        conn.execute(text(_CANDIDATE_TABLE))
         for start in range(0, len(org_ids), _ORGS_PER_STATEMENT):
             chunk = org_ids[start : start + _ORGS_PER_STATEMENT]
             conn.execute(fill, {**params, "orgs": chunk})
-        read = (
-            text("SELECT * FROM _candidates")
-            .columns(*_RESULT_TYPES)
-            .execution_options(stream_results=True, yield_per=page)
-        )
-        for part in conn.execute(read).partitions(page):
-            yield [cast(Any, Candidate)(*row, local_date) for row in part]
-        conn.execute(text("DROP TABLE _candidates"))
+    conn.execute(text("CREATE INDEX _candidates_turn ON _candidates (turn, org_id)"))
+    read = text(_PAGE_SQL).columns(*_RESULT_TYPES)
+    turn, org_id = 0, 0
+    while True:
+        part = conn.execute(read, {"turn": turn, "org_id": org_id, "page": page}).all()
+        if not part:
+            break
+        turn, org_id = part[-1].turn, part[-1].org_id
+        yield [cast(Any, Candidate)(*row[:-1]) for row in part]
+    conn.execute(text("DROP TABLE _candidates"))
 
 
-def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Insert planned rows, skipping any the ledger already has; counts of new rows by status."""
+@dataclass
+class Inserted:
+    """What one page's insert added: new rows by status, and the new ``pending`` rows' ids."""
+
+    counts: dict[str, int]
+    pending: list[int]
+
+
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> Inserted:
+    """Insert planned rows, skipping any the ledger already has.
+
+    The new pending rows' ids come back in ascending order, which is the order of ``rows``.
+    """
+    done = Inserted(counts={}, pending=[])
     if not rows:
-        return {}
+        return done
     if conn.dialect.name == "postgresql":
-        return _insert_copy(conn, rows)
-    counts: dict[str, int] = {}
-    stmt = sqlite.insert(Reminder).on_conflict_do_nothing()
-    for row in rows:
-        if conn.execute(stmt, row).rowcount == 1:
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return counts
+        returned = _insert_copy(conn, rows)
+    else:
+        stmt = sqlite.insert(Reminder).on_conflict_do_nothing().returning(Reminder.id)
+        returned = []
+        for row in rows:
+            new_id = conn.execute(stmt, row).scalar()
+            if new_id is not None:
+                returned.append((new_id, row["status"]))
+    for new_id, status in returned:
+        done.counts[status] = done.counts.get(status, 0) + 1
+        if status == "pending":
+            done.pending.append(new_id)
+    done.pending.sort()
+    return done
 
 
-def _insert_copy(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """PostgreSQL: COPY into a temporary table, then one INSERT … SELECT … ON CONFLICT."""
+def _insert_copy(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """PostgreSQL: COPY into a temporary table, then one INSERT … SELECT … ON CONFLICT.
+
+    The SELECT reads the freshly filled table in the order it was written, so the ledger's
+    ids are handed out in the order of ``rows``.
+    """
     cols = ", ".join(COLUMNS)
     conn.execute(
         text(f"CREATE TEMP TABLE IF NOT EXISTS _plan AS SELECT {cols} FROM reminders WITH NO DATA")
@@ -204,13 +244,10 @@ def _insert_copy(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]
     result = conn.execute(
         text(
             f"INSERT INTO reminders ({cols}) SELECT {cols} FROM _plan "
-            "ON CONFLICT (subscription_id, expires_on, lead_days) DO NOTHING RETURNING status"
+            "ON CONFLICT (subscription_id, expires_on, lead_days) DO NOTHING RETURNING id, status"
         )
     )
-    counts: dict[str, int] = {}
-    for (status,) in result:
-        counts[status] = counts.get(status, 0) + 1
-    return counts
+    return [(int(new_id), str(status)) for new_id, status in result]
 
 
 def refresh_statistics(conn: Connection) -> None:

@@ -254,14 +254,7 @@ def take_due(
     if org_ids is not None:
         pick = pick.where(Reminder.org_id.in_(list(org_ids)))
     if lease_seconds is not None:
-        expired = now - timedelta(seconds=lease_seconds)
-        pick = pick.where(
-            or_(
-                Reminder.next_attempt_at.is_(None),
-                Reminder.updated_at <= Reminder.next_attempt_at,
-                Reminder.updated_at <= expired,
-            )
-        )
+        pick = pick.where(_no_message(now - timedelta(seconds=lease_seconds)))
     # A materialized CTE: as an IN (subquery) PostgreSQL may re-run the LIMIT … SKIP LOCKED
     # pick while updating and take more rows than asked.
     picked = pick.cte("picked").prefix_with("MATERIALIZED")
@@ -274,18 +267,31 @@ def take_due(
     return sorted(conn.execute(stmt).scalars())
 
 
+def _no_message(lost_before: datetime | None = None) -> Any:
+    """WHERE clause: rows with no message in the broker (see the module's docstring): never
+    handed over since their attempt fell due, or, given ``lost_before``, handed over before it."""
+    never = or_(Reminder.next_attempt_at.is_(None), Reminder.updated_at <= Reminder.next_attempt_at)
+    return never if lost_before is None else or_(never, Reminder.updated_at <= lost_before)
+
+
 def day_order(conn: Connection, *, now: datetime, org_ids: Sequence[int]) -> list[int]:
-    """The due ``pending`` rows of these organizations, taking turns between organizations
-    (each one's rows in id order): cut into batches, every batch holds texts of every
-    organization, so a process works many senders at once instead of one organization's whole
-    day at a time (organizations imported one after another have runs of consecutive ids)."""
+    """The due ``pending`` rows of these organizations that have no message in the broker,
+    taking turns between organizations (each one's rows in id order): cut into batches, every
+    batch holds texts of every organization, so a process works many senders at once instead
+    of one organization's rows at a time (organizations imported one after another have runs
+    of consecutive ids)."""
     if not org_ids:
         return []
     due = ledger.is_due(now)
     turn = func.row_number().over(partition_by=Reminder.org_id, order_by=Reminder.id)
     stmt = (
         select(Reminder.id)
-        .where(Reminder.status == "pending", due, Reminder.org_id.in_(list(org_ids)))
+        .where(
+            Reminder.status == "pending",
+            due,
+            Reminder.org_id.in_(list(org_ids)),
+            _no_message(),
+        )
         .order_by(turn, Reminder.org_id)
     )
     return list(conn.execute(stmt).scalars())

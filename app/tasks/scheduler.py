@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import click
 from celery import Celery, bootsteps
+from sqlalchemy import Connection
 
 from app.config import celery_config
 from app.db import ledger
@@ -86,21 +87,26 @@ def _enqueue_sends(ids: list[int], on_date: str | None) -> None:
     send_reminders.apply_async(args=[ids], kwargs={"date": on_date})
 
 
-def _hand_over_day(org_ids: list[int], on_date: str | None) -> int:
-    """Hand a day's due rows to the broker in batches that take turns between organizations;
-    each batch marked and committed before it is sent."""
-    rt = runtime.current()
-    size = rt.settings.send_batch_size
-    with rt.engine.connect() as conn:
-        order = dispatch.day_order(conn, now=utcnow(), org_ids=org_ids)
+def _hand_over(conn: Connection, ids: list[int], on_date: str | None) -> int:
+    """Mark these rows handed to the broker, commit, then enqueue them in batches."""
+    size = runtime.current().settings.send_batch_size
     taken = 0
-    for start in range(0, len(order), size):
-        with rt.engine.begin() as conn:
-            ids = dispatch.hand_over(conn, order[start : start + size], now=utcnow())
-        if ids:
-            _enqueue_sends(ids, on_date)
-            taken += len(ids)
+    for start in range(0, len(ids), size):
+        handed = dispatch.hand_over(conn, ids[start : start + size], now=utcnow())
+        conn.commit()
+        if handed:
+            _enqueue_sends(handed, on_date)
+            taken += len(handed)
     return taken
+
+
+def _hand_over_waiting(conn: Connection, org_ids: list[int], on_date: str | None) -> int:
+    """Before planning: the due rows of these organizations that have no message in the broker
+    (retries of earlier days, rows put back, rows a crashed run planned), taking turns between
+    organizations."""
+    order = dispatch.day_order(conn, now=utcnow(), org_ids=org_ids)
+    conn.commit()
+    return _hand_over(conn, order, on_date)
 
 
 def _requeue_due(*, lease: float) -> int:
@@ -142,7 +148,8 @@ def dispatch_due() -> int:
 def send_payment_reminder_sms(
     date: str | None = None, org: str | list[str] | None = None
 ) -> dict[str, Any]:
-    """The daily run: plan the day in one set-based step, commit, then enqueue send batches.
+    """The daily run: plan the day set-based, page by page; each page is committed and its
+    rows enqueued in send batches while the next page is rendered.
 
     ``date`` (ISO) acts as today's local date in every organization; ``org`` is a slug or a
     list of slugs (default: every active organization). Due retries of earlier days go too.
@@ -151,15 +158,22 @@ def send_payment_reminder_sms(
     on_date = _parse_date(date)
     slugs = [org] if isinstance(org, str) else list(org or [])
     now = utcnow()
-    with rt.engine.begin() as conn:
+    with rt.engine.connect() as conn:
         orgs = load_orgs(conn, ledger.active_org_ids(conn, slugs or None))
         missing = sorted(set(slugs) - {o.slug for o in orgs.values()})
         if missing:
             log.error("daily run: no active organization %s; ignored", ", ".join(missing))
-        report = plan_day(conn, now=now, orgs=orgs, on_date=on_date)
+
+        enqueued = _hand_over_waiting(conn, list(orgs), date) if orgs else 0
+
+        def send_page(ids: list[int]) -> None:
+            nonlocal enqueued
+            enqueued += _hand_over(conn, ids, date)
+
+        report = plan_day(conn, now=now, orgs=orgs, on_date=on_date, on_page=send_page)
         days = {o.id: o.today(now, on_date) for o in orgs.values()}
         dispatch.mark_planned(conn, org_days=days)
-    enqueued = _hand_over_day(list(orgs), date) if orgs else 0
+        conn.commit()
     for o in orgs.values():
         log.info("day started org=%s date=%s", o.slug, days[o.id].isoformat())
     log.info(

@@ -290,6 +290,10 @@ def test_a_days_batches_take_turns_between_organizations(pg_engine: Engine) -> N
         conn.execute(update(Reminder).where(Reminder.id == order[0]).values(status="sent"))
         handed = dispatch.hand_over(conn, order[:3], now=now + timedelta(seconds=1))
     assert handed == order[1:3]  # a row no longer pending is not handed over
+    with pg_engine.connect() as conn:
+        # A day's run hands over only rows without a message in the broker.
+        again = dispatch.day_order(conn, now=now + timedelta(seconds=2), org_ids=orgs)
+    assert again == order[3:]
     with pg_engine.begin() as conn:
         # Handed over: the sweeper leaves them to their message for the lease.
         swept = dispatch.take_due(conn, now=now + timedelta(seconds=60), lease_seconds=900)

@@ -8,12 +8,13 @@ from datetime import date, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import Engine, delete, insert, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
-from app.db.models import Subscription, Template
+from app.db.models import Reminder, Subscription, Template
 from app.domain.planning import utcnow
 from app.providers.base import PermanentError, TransientError, UnknownOutcomeError
 from app.services import runner
+from app.services.engine import load_orgs, plan_day
 from app.services.sender import Sender
 from tests.factories import (
     RecordingProvider,
@@ -388,3 +389,41 @@ def test_a_stalled_sender_books_fresh_slots_instead_of_bursting(engine: Engine) 
     # quarter of a second holds more than 5 texts (+1 at its edge).
     times = sorted(stamps)
     assert max(sum(1 for u in times if t <= u < t + 0.25) for t in times) <= 6
+
+
+@freeze_time("2026-06-10 12:00:00")
+def test_a_day_planned_page_by_page_hands_on_each_committed_page_taking_turns(
+    engine: Engine,
+) -> None:
+    """The daily task sends a page while the next is rendered: each page must already be in the
+    ledger for every other connection, and mix the organizations, when it is handed on."""
+    orgs = [make_org(engine, slug, now=utcnow()) for slug in ("north", "south", "west")]
+    for k, org in enumerate(orgs):  # each organization's customers imported as one block
+        for i in range(6):
+            add_subscription(
+                engine, org, expires_on=TODAY + timedelta(days=3), phone=f"+1202555{k}{i:03d}"
+            )
+    add_subscription(engine, orgs[0], expires_on=TODAY + timedelta(days=3), phone="12")
+    pages: list[tuple[list[int], int]] = []
+
+    def on_page(ids: list[int]) -> None:
+        with engine.connect() as other:
+            org_of = dict(
+                other.execute(
+                    select(Reminder.id, Reminder.org_id).where(
+                        Reminder.id.in_(ids), Reminder.status == "pending"
+                    )
+                ).all()
+            )
+            in_ledger = other.execute(select(func.count()).select_from(Reminder)).scalar_one()
+        pages.append(([org_of[i] for i in ids], in_ledger))
+
+    with engine.connect() as conn:
+        report = plan_day(conn, now=utcnow(), orgs=load_orgs(conn), page=6, on_page=on_page)
+        conn.commit()
+    assert (report.rendered, report.skipped) == (18, 1)
+    # Three pages of six pending rows, two of each organization in turn; the invalid number's
+    # row (the seventh of north's turns) is planned as skipped and handed to no one.
+    assert [orgs_in_page for orgs_in_page, _ in pages] == [orgs * 2] * 3
+    assert [in_ledger for _, in_ledger in pages] == [6, 12, 18]
+    assert len(ledger_rows(engine)) == 19
