@@ -44,7 +44,9 @@ log = logging.getLogger("app.engine")
 # Outcomes are written in groups of at most this many, or after this long.
 FLUSH_ROWS = 100
 FLUSH_SECONDS = 0.05
-# A row whose rate-limit slot is further away than this goes back to the ledger for later.
+# A sender's texts in a batch wait at most this long in all for its rate-limit slots; the rest
+# go back to the ledger for later. Time spent waiting for this process (its CPU, its
+# SMS_CONCURRENCY) does not count: only the sender's rate defers a text.
 MAX_RATE_WAIT = 20.0
 # Slots are booked this far ahead of use (a few per sender at a time).
 BOOK_AHEAD = 0.25
@@ -508,7 +510,7 @@ class Sender:
 
     async def _send_batch(self, ready: list[Ready], done: _Batch) -> None:
         """Each sender's texts are paced by their own coroutine; at most SMS_CONCURRENCY texts
-        of this process (all its batches) wait for their slot or the provider's answer."""
+        of this process (all its batches) wait for the provider's answer at once."""
         if self._inflight is None:
             self._inflight = asyncio.Semaphore(self.settings.send_concurrency)
         inflight = self._inflight
@@ -516,12 +518,8 @@ class Sender:
         by_key: dict[str, list[Ready]] = {}
         for item in ready:
             by_key.setdefault(item.key, []).append(item)
-        deadline = monotonic() + self.max_rate_wait
         await asyncio.gather(
-            *(
-                self._pace(key, items, inflight, sends, done, deadline)
-                for key, items in by_key.items()
-            )
+            *(self._pace(key, items, inflight, sends, done) for key, items in by_key.items())
         )
         while sends:
             await asyncio.gather(*list(sends))
@@ -533,7 +531,6 @@ class Sender:
         inflight: asyncio.Semaphore,
         sends: set[asyncio.Task[None]],
         done: _Batch,
-        deadline: float,
     ) -> None:
         """Send one sender's texts in order, each at a slot of the shared limiter.
 
@@ -541,20 +538,22 @@ class Sender:
         sender takes its turn on the same timeline, so they all send at once instead of one
         booking a long run that the others must wait out. A slot missed by more than the
         tolerance (a stalled process) is given up and fresh ones booked, so late texts never
-        bunch up on a sender. What finds no slot before the deadline goes back to the ledger.
+        bunch up on a sender. What would wait more than MAX_RATE_WAIT in all for the sender's
+        slots goes back to the ledger; waiting for this process's own capacity does not count.
         """
         loop = asyncio.get_running_loop()
         rate = items[0].rate
         lane = _Lane(deque(items))
         queue = lane.queue
         chunk = max(1, int(rate * BOOK_AHEAD))
+        rate_waited = 0.0
         while queue or lane.starting:
             if not queue:
                 # Texts let go may still come back: late by the time their task ran.
                 lane.wake.clear()
                 await lane.wake.wait()
                 continue
-            left = deadline - monotonic()
+            left = self.max_rate_wait - rate_waited
             first, granted, spacing, asked, answered = 0.0, 0, 0.0, 0.0, 0.0
             if left > 0:
                 try:
@@ -579,18 +578,24 @@ class Sender:
                 queue.clear()
                 continue  # until the texts let go have all started (some may come back)
             for i in range(min(granted, len(queue))):
-                await inflight.acquire()
                 # The limiter's clock read the slot between asking and reading the answer: go no
                 # earlier than the latest it can be, and no later than the earliest allows.
                 at = answered + first + i * spacing
                 now = monotonic()
+                if now < at:
+                    rate_waited += at - now
                 while now < at:
                     await asyncio.sleep(at - now)
                     now = monotonic()
                 slot = asked + first + i * spacing
                 if spacing and now - slot > LATE_TOLERANCE:
+                    continue  # this slot has passed: the text takes the next one
+                # A permit only once the slot has come: texts waiting for their slots hold
+                # none, so they never keep another sender's due text waiting past its own.
+                await inflight.acquire()
+                if spacing and monotonic() - slot > LATE_TOLERANCE:
                     inflight.release()
-                    break
+                    continue
                 lane.starting += 1
                 task = loop.create_task(
                     self._send_one(

@@ -359,6 +359,42 @@ def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine:
     assert provider.sent[0][2] == "+12025550999"
 
 
+def test_a_process_slower_than_its_senders_defers_nothing(engine: Engine) -> None:
+    """Ten senders allow far more than a process with two sends in flight of 40 ms each
+    (50/s) can do: 60 texts take over a second, twice the allowed wait for slots, yet none goes
+    back to the ledger: only a sender's rate defers a text, never the process's own
+    capacity."""
+    import time
+
+    from app.services.ratelimit import LocalRateLimiter
+
+    today = utcnow().date()
+    for k in range(10):
+        org = make_org(
+            engine, f"org{k}", now=utcnow(), send_window="00:00-00:00", sender=f"+1202555090{k}"
+        )
+        for i in range(6):
+            phone = f"+1202555{k}{i:03d}"
+            add_subscription(engine, org, expires_on=today + timedelta(days=3), phone=phone)
+
+    class Slow(RecordingProvider):
+        def send(self, to: str, body: str, sender: str | None) -> str:
+            time.sleep(0.04)
+            return super().send(to, body, sender)
+
+    provider = Slow()
+    s = make_sender(engine, provider, send_concurrency=2, rate_per_second=100.0)
+    s.limiter, s.max_rate_wait = LocalRateLimiter(), 0.5
+    started = time.monotonic()
+    try:
+        result = run(engine, s)
+    finally:
+        s.close()
+    assert result["sent"] == 60
+    assert time.monotonic() - started > 1.0  # the process, not the senders, set the pace
+    assert len({to for to, _, _ in provider.sent}) == 60
+
+
 def test_a_stalled_sender_books_fresh_slots_instead_of_bursting(engine: Engine) -> None:
     """Texts whose slots passed while the process stalled do not go out back to back."""
     import time
