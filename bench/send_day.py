@@ -372,14 +372,20 @@ def main() -> None:
         start = time.perf_counter()
         enqueue_day(on_date=None, org_slugs=slugs)
         peak = 0.0
-        settled = 0
+        settled, progress_at = 0, start
         while settled < args.texts:
             time.sleep(0.25)
             peak = max(peak, *(peak_rss_mb(p) for p in proc_tree(worker.pid)[1:]), 0.0)
             with engine.connect() as conn:
-                settled = conn.execute(
+                now_settled = conn.execute(
                     select(func.count()).where(Reminder.status.notin_(("pending", "sending")))
                 ).scalar_one()
+            if now_settled != settled:
+                settled, progress_at = now_settled, time.perf_counter()
+            elif time.perf_counter() - progress_at > 30:
+                # No beat runs here: rows handed back to the ledger (deferred) would wait for
+                # the sweeper for ever.
+                sys.exit(f"stalled: {args.texts - settled:,} rows unsettled for 30 s; see the log")
             if time.perf_counter() - start > 1200:
                 sys.exit(f"gave up after 20 minutes with {settled} settled")
         elapsed = time.perf_counter() - start
