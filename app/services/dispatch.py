@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
@@ -228,45 +228,6 @@ def day_busy(conn: Connection, *, org_days: dict[int, date], now: datetime) -> i
     return int(conn.execute(stmt).scalar_one())
 
 
-def take_due(
-    conn: Connection,
-    *,
-    now: datetime,
-    org_ids: Iterable[int] | None = None,
-    lease_seconds: float | None = None,
-    after_id: int = 0,
-    limit: int = 1000,
-) -> list[int]:
-    """Mark up to ``limit`` due ``pending`` rows as handed to the broker; return their ids.
-
-    With ``lease_seconds`` (the sweeper) only rows that have no message in the broker are
-    taken: never handed over since their attempt fell due, or handed over longer ago than the
-    lease. Locked rows are skipped, so concurrent takers split the rows between them.
-    """
-    due = ledger.is_due(now)
-    pick = (
-        select(Reminder.id)
-        .where(Reminder.status == "pending", due, Reminder.id > after_id)
-        .order_by(Reminder.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    if org_ids is not None:
-        pick = pick.where(Reminder.org_id.in_(list(org_ids)))
-    if lease_seconds is not None:
-        pick = pick.where(_no_message(now - timedelta(seconds=lease_seconds)))
-    # A materialized CTE: as an IN (subquery) PostgreSQL may re-run the LIMIT … SKIP LOCKED
-    # pick while updating and take more rows than asked.
-    picked = pick.cte("picked").prefix_with("MATERIALIZED")
-    stmt = (
-        update(Reminder)
-        .where(Reminder.id == picked.c.id, Reminder.status == "pending")
-        .values(updated_at=now)
-        .returning(Reminder.id)
-    )
-    return sorted(conn.execute(stmt).scalars())
-
-
 def _no_message(lost_before: datetime | None = None) -> Any:
     """WHERE clause: rows with no message in the broker (see the module's docstring): never
     handed over since their attempt fell due, or, given ``lost_before``, handed over before it."""
@@ -274,38 +235,53 @@ def _no_message(lost_before: datetime | None = None) -> Any:
     return never if lost_before is None else or_(never, Reminder.updated_at <= lost_before)
 
 
-def day_order(conn: Connection, *, now: datetime, org_ids: Sequence[int]) -> list[int]:
-    """The due ``pending`` rows of these organizations that have no message in the broker,
-    taking turns between organizations (each one's rows in id order): cut into batches, every
-    batch holds texts of every organization, so a process works many senders at once instead
-    of one organization's rows at a time (organizations imported one after another have runs
-    of consecutive ids)."""
-    if not org_ids:
+def due_order(
+    conn: Connection,
+    *,
+    now: datetime,
+    org_ids: Sequence[int] | None = None,
+    lost_before: datetime | None = None,
+) -> list[int]:
+    """The due ``pending`` rows with no message in the broker (of these organizations, or all),
+    taking turns between organizations (each one's rows in id order).
+
+    Cut into batches, every batch holds texts of every organization, so a process works many
+    senders at once instead of one organization's rows at a time (organizations imported one
+    after another have runs of consecutive ids). With ``lost_before`` (the sweeper), rows handed
+    over before it count as having lost their message.
+    """
+    if org_ids is not None and not org_ids:
         return []
-    due = ledger.is_due(now)
     turn = func.row_number().over(partition_by=Reminder.org_id, order_by=Reminder.id)
     stmt = (
         select(Reminder.id)
-        .where(
-            Reminder.status == "pending",
-            due,
-            Reminder.org_id.in_(list(org_ids)),
-            _no_message(),
-        )
+        .where(Reminder.status == "pending", ledger.is_due(now), _no_message(lost_before))
         .order_by(turn, Reminder.org_id)
     )
+    if org_ids is not None:
+        stmt = stmt.where(Reminder.org_id.in_(list(org_ids)))
     return list(conn.execute(stmt).scalars())
 
 
-def hand_over(conn: Connection, ids: Sequence[int], *, now: datetime) -> list[int]:
-    """Mark these rows as handed to the broker if they are still due and ``pending``; return
-    those, in the order given."""
+def hand_over(
+    conn: Connection, ids: Sequence[int], *, now: datetime, lost_before: datetime | None = None
+) -> list[int]:
+    """Mark these rows as handed to the broker if they are still due, ``pending`` and without a
+    message (see due_order); return those, in the order given.
+
+    The conditions are checked again on each row as it is locked, so when two callers (two
+    sweepers, a sweeper and a daily run) hand over the same rows, only the first takes them.
+    """
     if not ids:
         return []
-    due = ledger.is_due(now)
     stmt = (
         update(Reminder)
-        .where(Reminder.id.in_(list(ids)), Reminder.status == "pending", due)
+        .where(
+            Reminder.id.in_(list(ids)),
+            Reminder.status == "pending",
+            ledger.is_due(now),
+            _no_message(lost_before),
+        )
         .values(updated_at=now)
         .returning(Reminder.id)
     )

@@ -87,12 +87,15 @@ def _enqueue_sends(ids: list[int], on_date: str | None) -> None:
     send_reminders.apply_async(args=[ids], kwargs={"date": on_date})
 
 
-def _hand_over(conn: Connection, ids: list[int], on_date: str | None) -> int:
-    """Mark these rows handed to the broker, commit, then enqueue them in batches."""
+def _hand_over(
+    conn: Connection, ids: list[int], on_date: str | None, *, lost_before: datetime | None = None
+) -> int:
+    """Mark these rows handed to the broker, commit, then enqueue them, batch by batch."""
     size = runtime.current().settings.send_batch_size
     taken = 0
     for start in range(0, len(ids), size):
-        handed = dispatch.hand_over(conn, ids[start : start + size], now=utcnow())
+        chunk = ids[start : start + size]
+        handed = dispatch.hand_over(conn, chunk, now=utcnow(), lost_before=lost_before)
         conn.commit()
         if handed:
             _enqueue_sends(handed, on_date)
@@ -104,27 +107,21 @@ def _hand_over_waiting(conn: Connection, org_ids: list[int], on_date: str | None
     """Before planning: the due rows of these organizations that have no message in the broker
     (retries of earlier days, rows put back, rows a crashed run planned), taking turns between
     organizations."""
-    order = dispatch.day_order(conn, now=utcnow(), org_ids=org_ids)
+    order = dispatch.due_order(conn, now=utcnow(), org_ids=org_ids)
     conn.commit()
     return _hand_over(conn, order, on_date)
 
 
 def _requeue_due(*, lease: float) -> int:
-    """The sweeper's hand-over: due pending rows with no message in the broker, in batches; each
-    batch committed before it is sent."""
+    """The sweeper's hand-over: due pending rows with no message in the broker, taking turns
+    between organizations, in batches; each batch committed before it is sent."""
     rt = runtime.current()
-    size = rt.settings.send_batch_size
-    taken, after = 0, 0
-    while True:
-        with rt.engine.begin() as conn:
-            ids = dispatch.take_due(
-                conn, now=utcnow(), lease_seconds=lease, after_id=after, limit=size
-            )
-        if not ids:
-            return taken
-        _enqueue_sends(ids, None)
-        taken += len(ids)
-        after = ids[-1]
+    now = utcnow()
+    lost_before = now - timedelta(seconds=lease)
+    with rt.engine.connect() as conn:
+        order = dispatch.due_order(conn, now=now, lost_before=lost_before)
+        conn.commit()
+        return _hand_over(conn, order, None, lost_before=lost_before)
 
 
 @_task(name="app.tasks.scheduler.dispatch_due", **_limits("sweep"))

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from app.db.models import DailyRun, Reminder
 from app.domain.planning import utcnow
@@ -29,6 +29,20 @@ def _runs(engine: Engine) -> list[tuple[int, date, str]]:
             select(DailyRun.org_id, DailyRun.local_date, DailyRun.status).order_by(DailyRun.id)
         )
         return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def _take(
+    conn: Connection,
+    *,
+    now: datetime,
+    lease_seconds: float | None = None,
+    org_ids: list[int] | None = None,
+    limit: int | None = None,
+) -> list[int]:
+    """What a hand-over takes: the due rows without a message, marked as handed over."""
+    lost_before = None if lease_seconds is None else now - timedelta(seconds=lease_seconds)
+    order = dispatch.due_order(conn, now=now, org_ids=org_ids, lost_before=lost_before)
+    return sorted(dispatch.hand_over(conn, order[:limit], now=now, lost_before=lost_before))
 
 
 def test_each_organization_starts_at_its_own_local_send_time(pg_engine: Engine) -> None:
@@ -155,14 +169,14 @@ def test_the_sweeper_takes_only_rows_without_a_message_in_the_broker(pg_engine: 
     org = _planned_day(pg_engine, 6, now=now)
     with pg_engine.begin() as conn:
         # The daily run hands over the first four; the other two it never reached (crashed).
-        handed = dispatch.take_due(conn, now=now + timedelta(seconds=1), org_ids=[org], limit=4)
+        handed = _take(conn, now=now + timedelta(seconds=1), org_ids=[org], limit=4)
     assert len(handed) == 4
     later = now + timedelta(seconds=60)
     with pg_engine.begin() as conn:
-        swept = dispatch.take_due(conn, now=later, lease_seconds=900)
+        swept = _take(conn, now=later, lease_seconds=900)
     assert len(swept) == 2 and not set(swept) & set(handed)
     with pg_engine.begin() as conn:
-        assert dispatch.take_due(conn, now=later, lease_seconds=900) == []
+        assert _take(conn, now=later, lease_seconds=900) == []
         # A retry falls due: it has no message yet, so the sweeper takes it at once.
         conn.execute(
             update(Reminder)
@@ -170,28 +184,35 @@ def test_the_sweeper_takes_only_rows_without_a_message_in_the_broker(pg_engine: 
             .values(updated_at=later, next_attempt_at=later + timedelta(seconds=30))
         )
     with pg_engine.begin() as conn:
-        assert dispatch.take_due(conn, now=later + timedelta(seconds=29), lease_seconds=900) == []
-        assert dispatch.take_due(conn, now=later + timedelta(seconds=31), lease_seconds=900) == [
-            handed[0]
-        ]
+        assert _take(conn, now=later + timedelta(seconds=29), lease_seconds=900) == []
+        assert _take(conn, now=later + timedelta(seconds=31), lease_seconds=900) == [handed[0]]
     # After the lease, a row whose message never turned into a send is presumed lost.
     with pg_engine.begin() as conn:
-        lost = dispatch.take_due(conn, now=later + timedelta(seconds=1000), lease_seconds=900)
+        lost = _take(conn, now=later + timedelta(seconds=1000), lease_seconds=900)
     assert sorted(lost) == sorted(handed + swept)
 
 
-def test_two_sweepers_split_the_rows_between_them(pg_engine: Engine) -> None:
+def test_two_sweepers_at_once_hand_each_row_over_once(pg_engine: Engine) -> None:
+    """Both see the same 40 rows without a message and hand them over in batches of 10, each
+    batch committed (as the sweep task does): every row is taken once, by one of them."""
     now = datetime(2026, 5, 5, 12, tzinfo=UTC)
     _planned_day(pg_engine, 40, now=now)
     barrier = threading.Barrier(2)
     results: list[list[int]] = []
+    later = now + timedelta(seconds=5)
+    lost_before = later - timedelta(seconds=900)
 
     def sweep() -> None:
-        with pg_engine.begin() as conn:
+        taken: list[int] = []
+        with pg_engine.connect() as conn:
+            order = dispatch.due_order(conn, now=later, lost_before=lost_before)
+            conn.commit()
             barrier.wait()
-            results.append(
-                dispatch.take_due(conn, now=now + timedelta(seconds=5), lease_seconds=900, limit=30)
-            )
+            for start in range(0, len(order), 10):
+                chunk = order[start : start + 10]
+                taken += dispatch.hand_over(conn, chunk, now=later, lost_before=lost_before)
+                conn.commit()
+        results.append(taken)
 
     threads = [threading.Thread(target=sweep) for _ in range(2)]
     for t in threads:
@@ -199,8 +220,7 @@ def test_two_sweepers_split_the_rows_between_them(pg_engine: Engine) -> None:
     for t in threads:
         t.join()
     taken = results[0] + results[1]
-    assert len(taken) == len(set(taken))
-    assert len(results[0]) <= 30 and len(results[1]) <= 30
+    assert len(taken) == len(set(taken)) == 40
 
 
 def test_a_day_whose_start_was_lost_is_started_again_and_finishes(pg_engine: Engine) -> None:
@@ -282,7 +302,7 @@ def test_a_days_batches_take_turns_between_organizations(pg_engine: Engine) -> N
     with pg_engine.begin() as conn:
         plan_day(conn, now=now, orgs=load_orgs(conn))
         org_of = dict(conn.execute(select(Reminder.id, Reminder.org_id)).all())
-        order = dispatch.day_order(conn, now=now, org_ids=orgs)
+        order = dispatch.due_order(conn, now=now, org_ids=orgs)
     assert sorted(order) == sorted(org_of)
     for start in range(0, 12, 3):  # batches of three: one row of each organization
         assert {org_of[i] for i in order[start : start + 3]} == set(orgs)
@@ -292,9 +312,9 @@ def test_a_days_batches_take_turns_between_organizations(pg_engine: Engine) -> N
     assert handed == order[1:3]  # a row no longer pending is not handed over
     with pg_engine.connect() as conn:
         # A day's run hands over only rows without a message in the broker.
-        again = dispatch.day_order(conn, now=now + timedelta(seconds=2), org_ids=orgs)
+        again = dispatch.due_order(conn, now=now + timedelta(seconds=2), org_ids=orgs)
     assert again == order[3:]
     with pg_engine.begin() as conn:
         # Handed over: the sweeper leaves them to their message for the lease.
-        swept = dispatch.take_due(conn, now=now + timedelta(seconds=60), lease_seconds=900)
+        swept = _take(conn, now=now + timedelta(seconds=60), lease_seconds=900)
     assert not set(swept) & set(handed) and len(swept) == 9
