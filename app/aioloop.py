@@ -18,12 +18,17 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def monotonic() -> float:
+    """The OS monotonic clock, read directly: rate pacing is about real elapsed time, whatever
+    the business clock says (tests freeze ``time.monotonic``; this one keeps running)."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
 class RealTimeLoop(asyncio.SelectorEventLoop):
-    """Timers on the OS monotonic clock, read directly: pacing is about real elapsed time,
-    whatever the business clock says (tests freeze ``time.monotonic``; this keeps running)."""
+    """Timers on ``monotonic()``, so they keep real time in tests that freeze the clock."""
 
     def time(self) -> float:
-        return time.clock_gettime(time.CLOCK_MONOTONIC)
+        return monotonic()
 
 
 class LoopThread:

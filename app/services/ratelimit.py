@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Protocol
+
+from app.aioloop import monotonic
 
 log = logging.getLogger("app.ratelimit")
 
@@ -42,7 +43,7 @@ class LocalRateLimiter:
         self, key: str, rate: float, count: int, max_wait: float
     ) -> tuple[float, int, float]:
         with self._lock:
-            now = time.clock_gettime(time.CLOCK_MONOTONIC)  # real time, even in frozen tests
+            now = monotonic()  # real time, even in frozen tests
             slot = max(now, self._next.get(key, now))
             granted = grantable(slot - now, rate, count, max_wait)
             self._next[key] = slot + granted / rate

@@ -15,6 +15,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from app.aioloop import monotonic
+
 # KEYS[1]: the key's next free slot (microseconds on Redis's clock).
 # ARGV: spacing between slots, slots wanted, furthest first slot (microseconds, count, µs).
 # Returns {wait until the first slot, slots granted, Redis's clock}; slots past max_wait are
@@ -90,11 +92,9 @@ class RedisRateLimiter:
         self, key: str, rate: float, count: int, max_wait: float
     ) -> tuple[float, int, float]:
         """One round trip books a whole batch's slots (see app.services.ratelimit)."""
-        spacing_us = max(1, round(1_000_000 / rate))
-        wait_us, granted, _ = self._reserve(
-            keys=[self._prefix + key], args=[spacing_us, count, round(max_wait * 1_000_000)]
-        )
-        return int(wait_us) / 1_000_000, int(granted), spacing_us / 1_000_000
+        args, spacing = _script_args(rate, count, max_wait)
+        wait_us, granted, _ = self._reserve(keys=[self._prefix + key], args=args)
+        return int(wait_us) / 1_000_000, int(granted), spacing
 
     async def reserve_async(
         self, key: str, rate: float, count: int, max_wait: float
@@ -113,16 +113,14 @@ class RedisRateLimiter:
             )
             client = redis.asyncio.Redis(connection_pool=pool)
             self._async = (loop, client, client.register_script(_RESERVE))
-        spacing_us = max(1, round(1_000_000 / rate))
-        asked = time.clock_gettime(time.CLOCK_MONOTONIC)
-        wait_us, granted, now_us = await self._async[2](
-            keys=[self._prefix + key], args=[spacing_us, count, round(max_wait * 1_000_000)]
-        )
-        answered = time.clock_gettime(time.CLOCK_MONOTONIC)
+        args, spacing = _script_args(rate, count, max_wait)
+        asked = monotonic()
+        wait_us, granted, now_us = await self._async[2](keys=[self._prefix + key], args=args)
+        answered = monotonic()
         redis_now = int(now_us) / 1_000_000
         self._clock.sample(redis_now, asked, answered)
         slot = self._clock.to_local(redis_now + int(wait_us) / 1_000_000)
-        return slot - time.clock_gettime(time.CLOCK_MONOTONIC), int(granted), spacing_us / 1e6
+        return slot - monotonic(), int(granted), spacing
 
     def close(self) -> None:
         """Close the synchronous client's connections."""
@@ -140,6 +138,12 @@ class RedisRateLimiter:
         wait, granted, _ = self.reserve(key, rate, 1, max_wait=3600.0)
         if granted and wait > 0:
             time.sleep(wait)
+
+
+def _script_args(rate: float, count: int, max_wait: float) -> tuple[list[int], float]:
+    """The reserve script's ARGV (microseconds) and the slot spacing in seconds."""
+    spacing_us = max(1, round(1_000_000 / rate))
+    return [spacing_us, count, round(max_wait * 1_000_000)], spacing_us / 1_000_000
 
 
 def _pool_options(max_connections: int) -> dict[str, Any]:

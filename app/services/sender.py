@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -27,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, case, select, update
 
-from app.aioloop import shared_loop
+from app.aioloop import monotonic, shared_loop
 from app.db import ledger
 from app.db.models import Reminder
 from app.domain import planning
@@ -95,12 +94,6 @@ class SendReport:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.retry_at.extend(other.retry_at)
-
-
-def monotonic() -> float:
-    """The OS monotonic clock, read directly: rate pacing is about real elapsed time, whatever
-    the business clock says (tests freeze that one; this one keeps running)."""
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 @dataclass(frozen=True)
