@@ -103,25 +103,26 @@ def _hand_over(
     return taken
 
 
-def _hand_over_waiting(conn: Connection, org_ids: list[int], on_date: str | None) -> int:
-    """Before planning: the due rows of these organizations that have no message in the broker
-    (retries of earlier days, rows put back, rows a crashed run planned), taking turns between
-    organizations."""
-    order = dispatch.due_order(conn, now=utcnow(), org_ids=org_ids)
+def _hand_over_due(
+    conn: Connection,
+    on_date: str | None = None,
+    *,
+    org_ids: list[int] | None = None,
+    lost_before: datetime | None = None,
+) -> int:
+    """The due rows (of these organizations, or all) with no message in the broker, taking
+    turns between organizations; with ``lost_before`` (the sweeper) also those handed over
+    before it, presumed lost."""
+    order = dispatch.due_order(conn, now=utcnow(), org_ids=org_ids, lost_before=lost_before)
     conn.commit()
-    return _hand_over(conn, order, on_date)
+    return _hand_over(conn, order, on_date, lost_before=lost_before)
 
 
 def _requeue_due(*, lease: float) -> int:
-    """The sweeper's hand-over: due pending rows with no message in the broker, taking turns
-    between organizations, in batches; each batch committed before it is sent."""
+    """The sweeper's hand-over, in batches; each batch committed before it is sent."""
     rt = runtime.current()
-    now = utcnow()
-    lost_before = now - timedelta(seconds=lease)
     with rt.engine.connect() as conn:
-        order = dispatch.due_order(conn, now=now, lost_before=lost_before)
-        conn.commit()
-        return _hand_over(conn, order, None, lost_before=lost_before)
+        return _hand_over_due(conn, lost_before=utcnow() - timedelta(seconds=lease))
 
 
 @_task(name="app.tasks.scheduler.dispatch_due", **_limits("sweep"))
@@ -161,7 +162,9 @@ def send_payment_reminder_sms(
         if missing:
             log.error("daily run: no active organization %s; ignored", ", ".join(missing))
 
-        enqueued = _hand_over_waiting(conn, list(orgs), date) if orgs else 0
+        # First what already waits: retries of earlier days, rows put back, rows a crashed
+        # run planned.
+        enqueued = _hand_over_due(conn, date, org_ids=list(orgs)) if orgs else 0
 
         def send_page(ids: list[int]) -> None:
             nonlocal enqueued
