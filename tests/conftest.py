@@ -14,6 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine, text
 
 from app.db.migrate import upgrade
@@ -100,3 +102,23 @@ def engine(request: pytest.FixtureRequest) -> Engine:
     """Each test using this runs twice: on the embedded default and on PostgreSQL."""
     name = "sqlite_engine" if request.param == "sqlite" else "pg_engine"
     return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+# Property-based tests: a bounded profile for every run (CI included), a long one for deep runs
+# (`scripts/test.sh tests/services/test_day_rules_model.py --hypothesis-profile=long`).
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=12,
+    stateful_step_count=30,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=list(HealthCheck),
+)
+hypothesis_settings.register_profile(
+    "long",
+    max_examples=400,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+hypothesis_settings.load_profile("ci")

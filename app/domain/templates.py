@@ -2,20 +2,22 @@
 
 Templates are written by organizations, so they are untrusted code: a ``SandboxedEnvironment``
 blocks attribute escapes, ``StrictUndefined`` turns a typo into an error instead of a blank in a
-customer's text, and arithmetic and loops are capped so a template cannot eat the worker.
+customer's text, printing ``None`` is an error too, and arithmetic and loops are capped so a
+template cannot eat the worker.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, nodes
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, TemplateRuntimeError
 from jinja2.sandbox import SandboxedEnvironment
 
 from app.domain.segments import SegmentInfo, count_segments
@@ -37,6 +39,10 @@ DEFAULT_TEMPLATE = (
 
 class TemplateProblem(ValidationError):
     """A template was refused or failed to render; the message says why."""
+
+
+class _RenderFailed(TemplateProblem):
+    """Evaluating the template raised, as opposed to its text being refused afterwards."""
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,20 @@ class _ReminderSandbox(SandboxedEnvironment):
         return super().call(__context, __obj, *args, **kwargs)
 
 
+def _refuse_none(value: Any) -> Any:
+    """A customer must never read "None": an empty optional field has to be guarded."""
+    if value is None:
+        raise TemplateRuntimeError("a value printed by the template is empty (None)")
+    return value
+
+
 def _environment() -> SandboxedEnvironment:
-    env = _ReminderSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    env = _ReminderSandbox(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        finalize=_refuse_none,
+    )
     env.globals = {"range": _capped_range}
     env.filters = {name: env.filters[name] for name in SAFE_FILTERS}
     env.tests = dict(env.tests)
@@ -239,11 +257,11 @@ def _render(template: Any, context: dict[str, Any], *, streamed: bool) -> str:
     except SecurityError as exc:
         raise TemplateProblem(f"template not allowed: {exc}") from None
     except TemplateError as exc:
-        raise TemplateProblem(f"template failed to render: {exc}") from None
+        raise _RenderFailed(f"template failed to render: {exc}") from None
     except RecursionError:
-        raise TemplateProblem("template failed to render: recursion too deep") from None
+        raise _RenderFailed("template failed to render: recursion too deep") from None
     except Exception as exc:  # noqa: BLE001 - any failure of untrusted code is the template's
-        raise TemplateProblem(f"template failed to render: {type(exc).__name__}: {exc}") from None
+        raise _RenderFailed(f"template failed to render: {type(exc).__name__}: {exc}") from None
     if len(body) > MAX_BODY_CHARS:
         raise TemplateProblem(f"rendered text is longer than {MAX_BODY_CHARS} characters")
     body = body.strip()
@@ -276,6 +294,36 @@ def render(
     return _render(compile_template(source), context, streamed=streamed)
 
 
+def render_or_default(
+    source: str,
+    *,
+    customer: CustomerVars,
+    organization: OrganizationVars,
+    subscription: SubscriptionVars,
+    days_left: int,
+    lead_days: int,
+    streamed: bool = False,
+) -> tuple[str, str | None]:
+    """The text, and None; or the built-in default's text and why the stored template failed.
+
+    A reminder in the default wording beats no reminder; the problem is returned so it is logged.
+    """
+    kwargs: dict[str, Any] = {
+        "customer": customer,
+        "organization": organization,
+        "subscription": subscription,
+        "days_left": days_left,
+        "lead_days": lead_days,
+        "streamed": streamed,
+    }
+    try:
+        return render(source, **kwargs), None
+    except TemplateProblem as exc:
+        if source == DEFAULT_TEMPLATE:
+            raise
+        return render(DEFAULT_TEMPLATE, **kwargs), str(exc)
+
+
 SAMPLE_CUSTOMER = CustomerVars(name="Alex Example")
 SAMPLE_SUBSCRIPTION = SubscriptionVars(
     plan="Fiber 500", expires_on=date(2030, 1, 15), amount=Decimal("49.90"), currency="USD"
@@ -289,15 +337,37 @@ class Preview:
     segments: SegmentInfo
 
 
+# Imports may leave these empty, alone or together: a save renders the sample with every subset
+# blanked, single fields first so a refusal names the fewest.
+OPTIONAL_FIELDS = ("amount", "currency")
+
+
+def _blanked(absent: tuple[str, ...]) -> SubscriptionVars:
+    blank: dict[str, Any] = dict.fromkeys(absent)
+    return replace(SAMPLE_SUBSCRIPTION, **blank)
+
+
+_SAMPLES_WITHOUT = [
+    (absent, _blanked(absent))
+    for size in range(1, len(OPTIONAL_FIELDS) + 1)
+    for absent in itertools.combinations(OPTIONAL_FIELDS, size)
+]
+
+
 def sample_render(
-    source: str, *, organization_name: str, lead_days: int, max_segments: int | None = None
+    source: str,
+    *,
+    organization_name: str,
+    lead_days: int,
+    max_segments: int | None = None,
+    subscription: SubscriptionVars = SAMPLE_SUBSCRIPTION,
 ) -> Preview:
     """Render sample data the way a save does; raise TemplateProblem if it would be refused."""
     body = render(
         source,
         customer=SAMPLE_CUSTOMER,
         organization=OrganizationVars(name=organization_name),
-        subscription=SAMPLE_SUBSCRIPTION,
+        subscription=subscription,
         days_left=lead_days,
         lead_days=lead_days,
         streamed=True,
@@ -315,14 +385,44 @@ def sample_render(
     return Preview(body=body, length=len(body), segments=info)
 
 
+def _absent_problem(problem: TemplateProblem, absent: tuple[str, ...]) -> TemplateProblem:
+    names = " and ".join(f"subscription.{name}" for name in absent)
+    if not isinstance(problem, _RenderFailed):  # e.g. empty text or too many segments
+        return TemplateProblem(f"{problem} for customers without {names}")
+    which, it = ("which is", "it") if len(absent) == 1 else ("which are", "them")
+    return TemplateProblem(
+        f"template prints {names}, {which} empty for some customers; "
+        f"guard {it}: {{% if {names} %}}…{{% endif %}}"
+    )
+
+
 def validate_template(
     source: str, *, organization_name: str, lead_days: list[int], max_segments: int
 ) -> list[Preview]:
-    """Every check a save makes: syntax, variables, sandbox, size, segments, for each lead day."""
+    """Every check a save makes, for each lead day and with optional fields present or absent.
+
+    Returns the all-present samples, one per lead day, as the preview.
+    """
     compile_template(source)
-    return [
-        sample_render(
-            source, organization_name=organization_name, lead_days=lead, max_segments=max_segments
+    previews = []
+    for lead in lead_days:
+        previews.append(
+            sample_render(
+                source,
+                organization_name=organization_name,
+                lead_days=lead,
+                max_segments=max_segments,
+            )
         )
-        for lead in lead_days
-    ]
+        for absent, subscription in _SAMPLES_WITHOUT:
+            try:
+                sample_render(
+                    source,
+                    organization_name=organization_name,
+                    lead_days=lead,
+                    max_segments=max_segments,
+                    subscription=subscription,
+                )
+            except TemplateProblem as exc:
+                raise _absent_problem(exc, absent) from None
+    return previews

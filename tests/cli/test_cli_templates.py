@@ -11,6 +11,11 @@ from freezegun import freeze_time
 from sqlalchemy import Engine
 
 GOOD = "Hi {{ customer.name }}, {{ days_left }} days left on {{ subscription.plan }}."
+UNGUARDED = "Amount due: {{ subscription.amount }} {{ subscription.currency }}."
+GUARDED = (
+    "Hi {{ customer.name }}.{% if subscription.amount and subscription.currency %} "
+    "Amount due: {{ subscription.amount }} {{ subscription.currency }}.{% endif %}"
+)
 
 
 @pytest.fixture
@@ -64,6 +69,7 @@ BROKEN = {
     "string multiplication bomb": ("{{ 'x' * 100000 }}", "not allowed"),
     "too many segments": ("{{ 'Renew now please. ' * 30 }}", "SMS_MAX_SEGMENTS"),
     "empty output": ("{% if false %}x{% endif %}", "empty"),
+    "unguarded optional field": (UNGUARDED, "guard it: {% if subscription.amount %}"),
 }
 
 
@@ -80,6 +86,45 @@ def test_broken_template_is_refused_and_previous_one_kept(
     assert result.out == ""
     assert cli.ok("template", "show", acme).out == f"# acme default\n{GOOD}\n"
     assert count(db, "templates") == 1
+
+
+def test_a_template_printing_an_optional_field_unguarded_is_refused(
+    db: Engine, cli: Cli, acme: str, tmp_path: Path
+) -> None:
+    result = cli("template", "set", acme, template_file(tmp_path, UNGUARDED))
+
+    assert result.error == (
+        "error: template prints subscription.amount, which is empty for some customers; "
+        "guard it: {% if subscription.amount %}…{% endif %}"
+    )
+    assert result.out == ""
+    assert cli.ok("template", "show", acme).out.splitlines()[0] == "# built-in default"
+    assert count(db, "templates") == 0
+
+
+def test_guarding_only_the_amount_is_refused_naming_the_currency(
+    sqlite_db: Engine, cli: Cli, acme: str, tmp_path: Path
+) -> None:
+    source = (
+        "Hi.{% if subscription.amount %} Due: {{ subscription.amount }} "
+        "{{ subscription.currency }}{% endif %}"
+    )
+
+    error = cli("template", "set", acme, template_file(tmp_path, source)).error
+
+    assert "template prints subscription.currency" in error
+    assert "{% if subscription.currency %}" in error
+    assert count(sqlite_db, "templates") == 0
+
+
+def test_a_guarded_optional_field_is_accepted_and_previewed_with_the_amount(
+    db: Engine, cli: Cli, acme: str, tmp_path: Path
+) -> None:
+    saved = cli.ok("template", "set", acme, template_file(tmp_path, GUARDED)).out
+
+    assert "Hi Alex Example. Amount due: 49.90 USD." in saved
+    assert cli.ok("template", "show", acme).out == f"# acme default\n{GUARDED}\n"
+    assert "  Hi Alex Example. Amount due: 49.90 USD." in cli.ok("preview", acme).out.splitlines()
 
 
 def test_segment_limit_comes_from_settings(

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from app.domain.templates import (
     DEFAULT_TEMPLATE,
+    SAMPLE_CUSTOMER,
+    SAMPLE_SUBSCRIPTION,
+    CustomerVars,
+    OrganizationVars,
+    SubscriptionVars,
     TemplateProblem,
     compile_template,
+    render,
+    render_or_default,
     sample_render,
     validate_template,
 )
+
+UNGUARDED = "Amount due: {{ subscription.amount }} {{ subscription.currency }}."
+NO_AMOUNT = replace(SAMPLE_SUBSCRIPTION, amount=None)
 
 
 def _save(source: str, max_segments: int = 3) -> None:
@@ -84,3 +96,120 @@ def test_too_many_segments_names_the_characters_that_forced_ucs2() -> None:
 
 def test_compiled_templates_are_cached() -> None:
     assert compile_template("Hi {{ customer.name }}") is compile_template("Hi {{ customer.name }}")
+
+
+def _render(source: str, subscription: SubscriptionVars = SAMPLE_SUBSCRIPTION) -> str:
+    return render(
+        source,
+        customer=SAMPLE_CUSTOMER,
+        organization=OrganizationVars(name="Acme"),
+        subscription=subscription,
+        days_left=3,
+        lead_days=3,
+    )
+
+
+def test_printing_none_is_refused_at_render_time() -> None:
+    with pytest.raises(TemplateProblem) as info:
+        _render(UNGUARDED, NO_AMOUNT)
+
+    assert str(info.value) == (
+        "template failed to render: a value printed by the template is empty (None)"
+    )
+    assert _render(UNGUARDED) == "Amount due: 49.90 USD."
+
+
+def test_printing_an_empty_string_is_allowed() -> None:
+    blank = replace(SAMPLE_SUBSCRIPTION, currency="")
+
+    assert _render("Due: {{ subscription.amount }}{{ subscription.currency }}", blank) == (
+        "Due: 49.90"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            UNGUARDED,
+            "template prints subscription.amount, which is empty for some customers; "
+            "guard it: {% if subscription.amount %}…{% endif %}",
+        ),
+        (
+            # An import can bring an amount without a currency.
+            "Hi.{% if subscription.amount %} Due: {{ subscription.amount }} "
+            "{{ subscription.currency }}{% endif %}",
+            "template prints subscription.currency, which is empty for some customers; "
+            "guard it: {% if subscription.currency %}…{% endif %}",
+        ),
+        (
+            "Hi {{ subscription.amount or subscription.currency }}",
+            "template prints subscription.amount and subscription.currency, which are empty "
+            "for some customers; guard them: "
+            "{% if subscription.amount and subscription.currency %}…{% endif %}",
+        ),
+        (
+            "{% if subscription.amount %}{{ subscription.amount }}{% endif %}",
+            "rendered text is empty for customers without subscription.amount",
+        ),
+    ],
+)
+def test_save_renders_every_combination_of_optional_fields(source: str, message: str) -> None:
+    with pytest.raises(TemplateProblem) as info:
+        _save(source)
+
+    assert str(info.value) == message
+
+
+def test_guarded_optional_fields_and_the_default_pass_every_combination() -> None:
+    guarded = (
+        "Hi {{ customer.name }}.{% if subscription.amount and subscription.currency %} "
+        "Amount due: {{ subscription.amount }} {{ subscription.currency }}.{% endif %}"
+    )
+    previews = validate_template(
+        guarded, organization_name="Acme", lead_days=[5, 1], max_segments=3
+    )
+
+    assert [p.body for p in previews] == ["Hi Alex Example. Amount due: 49.90 USD."] * 2
+    _save(DEFAULT_TEMPLATE)
+
+
+def test_render_or_default_falls_back_to_the_default_with_the_problem() -> None:
+    body, problem = render_or_default(
+        UNGUARDED,
+        customer=CustomerVars(name="Ada"),
+        organization=OrganizationVars(name="Acme"),
+        subscription=NO_AMOUNT,
+        days_left=3,
+        lead_days=3,
+    )
+
+    assert body.startswith("Hi Ada, your Acme Fiber 500 plan expires in 3 days")
+    assert problem == ("template failed to render: a value printed by the template is empty (None)")
+
+
+def test_render_or_default_keeps_a_template_that_renders() -> None:
+    result = render_or_default(
+        UNGUARDED,
+        customer=SAMPLE_CUSTOMER,
+        organization=OrganizationVars(name="Acme"),
+        subscription=SAMPLE_SUBSCRIPTION,
+        days_left=3,
+        lead_days=3,
+    )
+
+    assert result == ("Amount due: 49.90 USD.", None)
+
+
+def test_render_or_default_raises_when_the_default_itself_fails() -> None:
+    nameless = CustomerVars(name=None)  # type: ignore[arg-type]  # a corrupt row
+
+    with pytest.raises(TemplateProblem, match=r"empty \(None\)"):
+        render_or_default(
+            DEFAULT_TEMPLATE,
+            customer=nameless,
+            organization=OrganizationVars(name="Acme"),
+            subscription=SAMPLE_SUBSCRIPTION,
+            days_left=3,
+            lead_days=3,
+        )
