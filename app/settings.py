@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+from app.domain.planning import in_window
 from app.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///reminders.db"
@@ -190,7 +191,15 @@ class Settings:
                 shown = "(hidden)" if f.metadata["secret"] else repr(raw)
                 reason = str(exc) if not f.metadata["secret"] else "invalid value"
                 raise ConfigError(f"{name}={shown}: {reason}") from None
-        return cls(**values)
+        settings = cls(**values)
+        start, end = settings.send_window
+        moment = settings.send_time
+        if not in_window(moment, settings.send_window):
+            raise ConfigError(
+                f"REMINDER_SEND_TIME={moment:%H:%M} is outside REMINDER_SEND_WINDOW="
+                f"{start:%H:%M}-{end:%H:%M}; choose a send time inside the window"
+            )
+        return settings
 
     @property
     def broker_url(self) -> str:

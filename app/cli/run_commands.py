@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from datetime import date
+from typing import Any
 
 import click
 
@@ -10,6 +13,7 @@ from app.cli.common import echo_json, engine, make_sender, now, parse_date
 from app.db.models import STATUSES
 from app.errors import ValidationError
 from app.services import runner
+from app.services.sender import SendReport
 
 
 @click.command("run")
@@ -47,30 +51,109 @@ def run_cmd(
             echo_json({**summary.as_dict(), "dry_run": True, "would_send": summary.would_send})
             return
         for item in summary.would_send:
-            state = "HOLD (outside window)" if item["held"] else "SEND"
-            click.echo(
-                f"{state} {item['org']} {item['phone']} [{item['lead_days']}d]: {item['body']}"
-            )
+            _echo_would_send(item)
         click.echo(
             f"dry run: {summary.plan.planned} would be planned, {len(summary.would_send)} "
             "due; nothing was written"
         )
         return
     sender = make_sender()
+    progress = _Progress()
     try:
         summary = runner.run_day(
-            engine(), sender, slugs=orgs, on_date=on_date, ignore_window=ignore_window
+            engine(),
+            sender,
+            slugs=orgs,
+            on_date=on_date,
+            ignore_window=ignore_window,
+            on_progress=progress,
         )
     finally:
         sender.close()
+        progress.close()
+    _previewed_notice(summary, on_date)
     result = summary.as_dict()
     if as_json:
+        if summary.previewed:
+            # Every organization previewed: nothing was sent at all, a dry run (R3).
+            all_previewed = set(summary.dates) <= set(summary.previewed)
+            result = {**result, "dry_run": all_previewed, "would_send": summary.would_send}
         echo_json(result)
+    else:
+        for item in summary.would_send:
+            _echo_would_send(item)
+        click.echo(
+            "planned {planned}, sent {sent}, failed {failed}, skipped {skipped}, "
+            "held {held}, retrying {retrying}, unknown {unknown}".format(**result)
+            + _when(summary)
+        )
+    if result["failed"]:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+# `reminders run` exits with this when some texts failed (a provider refused them, or their
+# retries ran out): the run itself finished.
+EXIT_FAILED = 3
+
+
+def _echo_would_send(item: dict[str, Any]) -> None:
+    state = "HOLD (outside window)" if item["held"] else "SEND"
+    click.echo(f"{state} {item['org']} {item['phone']} [{item['lead_days']}d]: {item['body']}")
+
+
+def _previewed_notice(summary: runner.RunSummary, on_date: date | None) -> None:
+    """R3: one line saying that a --date other than today only previews."""
+    if not summary.previewed or on_date is None:
         return
+    todays = sorted(set(summary.previewed.values()))
     click.echo(
-        "planned {planned}, sent {sent}, failed {failed}, skipped {skipped}, "
-        "held {held}, retrying {retrying}, unknown {unknown}".format(**result)
+        f"note: {on_date} is not today in {', '.join(summary.previewed)} (today: "
+        f"{', '.join(todays)}): planned and previewed for it as a dry run; nothing was sent "
+        "or written for it",
+        err=True,
     )
+
+
+def _when(summary: runner.RunSummary) -> str:
+    """When held texts' windows open and the next retry is due, for the summary line."""
+    parts = [
+        f"{slug} held until {at:%Y-%m-%d %H:%M} UTC"
+        for slug, at in sorted(summary.send.held_until.items())
+    ]
+    if summary.send.retry_at:
+        parts.append(f"next retry {min(summary.send.retry_at):%Y-%m-%d %H:%M:%S} UTC")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+class _Progress:
+    """Progress on stderr while a run sends: a bar on a terminal, a line every 5 s otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, report: SendReport, total: int) -> None:
+        done = report.sent + report.failed + report.skipped + report.unknown + report.held
+        done += report.retrying + report.lost
+        now = time.monotonic()
+        if not self.tty:
+            if now - self.last >= 5.0 and 0 < done < total:
+                click.echo(f"progress: {done} of {total} texts done, {report.sent} sent", err=True)
+                self.last = now
+            return
+        if total == 0 or now - self.last < 0.2:
+            return
+        self.last = now
+        width = 30
+        filled = min(width, width * done // total)
+        bar = "#" * filled + "-" * (width - filled)
+        click.echo(f"\r[{bar}] {done}/{total} done, {report.sent} sent", err=True, nl=False)
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            click.echo("", err=True)
 
 
 def _enqueue(

@@ -12,8 +12,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from app.db.models import (
     Customer,
@@ -22,11 +24,23 @@ from app.db.models import (
     Reminder,
     Subscription,
 )
+from app.domain.rules import MAY_HAVE_SENT
 
 
 def is_due(now: datetime) -> Any:
     """WHERE clause: the row's next attempt is due at ``now`` (or was never put off)."""
     return or_(Reminder.next_attempt_at.is_(None), Reminder.next_attempt_at <= now)
+
+
+HELD = "held"  # the reason of a pending row waiting for its window to open
+DEFERRED = "deferred"  # ... of one put back for a later rate-limit slot (or a new local day)
+
+
+def is_sendable(now: datetime, *, release_held: bool = False) -> Any:
+    """WHERE clause: due at ``now``; with ``release_held`` (``--ignore-window``) also the rows
+    held for the window, whenever it opens."""
+    due = is_due(now)
+    return or_(due, Reminder.reason == HELD) if release_held else due
 
 
 def due_ids(
@@ -36,13 +50,15 @@ def due_ids(
     org_ids: Iterable[int] | None = None,
     limit: int = 1000,
     after_id: int = 0,
+    release_held: bool = False,
+    reason: str | None = None,
 ) -> list[int]:
-    """Pending rows whose next attempt is due, oldest id first."""
+    """Pending rows whose next attempt is due (with this reason), oldest id first."""
     stmt = (
         select(Reminder.id)
         .where(
             Reminder.status == "pending",
-            is_due(now),
+            is_sendable(now, release_held=release_held),
             Reminder.id > after_id,
         )
         .order_by(Reminder.id)
@@ -50,7 +66,42 @@ def due_ids(
     )
     if org_ids is not None:
         stmt = stmt.where(Reminder.org_id.in_(list(org_ids)))
+    if reason is not None:
+        stmt = stmt.where(Reminder.reason == reason)
     return list(conn.execute(stmt).scalars())
+
+
+def next_attempt(conn: Connection, *, org_ids: Iterable[int], reason: str) -> datetime | None:
+    """When the first ``pending`` row of these organizations with this reason is due."""
+    stmt = select(func.min(Reminder.next_attempt_at)).where(
+        Reminder.status == "pending",
+        Reminder.reason == reason,
+        Reminder.org_id.in_(list(org_ids)),
+    )
+    return conn.execute(stmt).scalar()
+
+
+def held_until(conn: Connection, *, org_ids: Iterable[int] | None = None) -> dict[int, datetime]:
+    """Per organization, when its held texts' window opens (the earliest)."""
+    stmt = (
+        select(Reminder.org_id, func.min(Reminder.next_attempt_at))
+        .where(Reminder.status == "pending", Reminder.reason == HELD)
+        .group_by(Reminder.org_id)
+    )
+    if org_ids is not None:
+        stmt = stmt.where(Reminder.org_id.in_(list(org_ids)))
+    return {org_id: at for org_id, at in conn.execute(stmt) if at is not None}
+
+
+def count_due(
+    conn: Connection, *, now: datetime, org_ids: Iterable[int], release_held: bool = False
+) -> int:
+    stmt = select(func.count()).where(
+        Reminder.status == "pending",
+        is_sendable(now, release_held=release_held),
+        Reminder.org_id.in_(list(org_ids)),
+    )
+    return int(conn.execute(stmt).scalar_one())
 
 
 def hold_until(conn: Connection, ids: Sequence[int], *, until: datetime, now: datetime) -> int:
@@ -60,12 +111,34 @@ def hold_until(conn: Connection, ids: Sequence[int], *, until: datetime, now: da
     result = conn.execute(
         update(Reminder)
         .where(Reminder.id.in_(list(ids)), Reminder.status == "pending")
-        .values(next_attempt_at=until, updated_at=now)
+        .values(next_attempt_at=until, updated_at=now, reason=HELD)
     )
     return result.rowcount or 0
 
 
-def claim(conn: Connection, ids: Sequence[int], *, now: datetime) -> list[int]:
+def hold_claimed(conn: Connection, ids: Sequence[int], *, until: datetime, now: datetime) -> int:
+    """Claimed rows whose window closed before they left go back to wait for it; the claim's
+    attempt is given back."""
+    if not ids:
+        return 0
+    result = conn.execute(
+        update(Reminder)
+        .where(Reminder.id.in_(list(ids)), Reminder.status == "sending")
+        .values(
+            status="pending",
+            attempts=Reminder.attempts - 1,
+            next_attempt_at=until,
+            claimed_at=None,
+            reason=HELD,
+            updated_at=now,
+        )
+    )
+    return result.rowcount or 0
+
+
+def claim(
+    conn: Connection, ids: Sequence[int], *, now: datetime, release_held: bool = False
+) -> list[int]:
     """The claim: ONE conditional UPDATE pending → sending. Returns the ids this caller won."""
     if not ids:
         return []
@@ -74,7 +147,7 @@ def claim(conn: Connection, ids: Sequence[int], *, now: datetime) -> list[int]:
         .where(
             Reminder.id.in_(list(ids)),
             Reminder.status == "pending",
-            is_due(now),
+            is_sendable(now, release_held=release_held),
         )
         .values(
             status="sending",
@@ -85,6 +158,25 @@ def claim(conn: Connection, ids: Sequence[int], *, now: datetime) -> list[int]:
         .returning(Reminder.id)
     )
     return sorted(conn.execute(stmt).scalars())
+
+
+def rekey(conn: Connection, row_id: int, *, lead: int, days_left: int, now: datetime) -> bool:
+    """A claimed row takes the lead and count of the day it is really sent on (R3).
+
+    The ledger's unique key (subscription, expiry, lead) decides: when another row already
+    holds that lead, this one cannot take it (False) and must not be sent (R1). A savepoint
+    keeps the caller's transaction usable after the refused UPDATE.
+    """
+    try:
+        with conn.begin_nested():
+            result = conn.execute(
+                update(Reminder)
+                .where(Reminder.id == row_id, Reminder.status == "sending")
+                .values(lead_days=lead, days_left=days_left, updated_at=now)
+            )
+    except IntegrityError:
+        return False
+    return bool(result.rowcount)
 
 
 def release(conn: Connection, ids: Sequence[int], *, until: datetime) -> int:
@@ -100,6 +192,7 @@ def release(conn: Connection, ids: Sequence[int], *, until: datetime) -> int:
             attempts=Reminder.attempts - 1,
             next_attempt_at=until,
             claimed_at=None,
+            reason=DEFERRED,
             updated_at=until,
         )
     )
@@ -129,6 +222,7 @@ class ClaimedRow:
     customer_name: str
     phone_e164: str | None
     opted_out: bool
+    nearest_sent: int | None  # fewest days left of this expiry's other texts that may be out
 
 
 def load_claimed(conn: Connection, ids: Sequence[int]) -> list[ClaimedRow]:
@@ -139,6 +233,19 @@ def load_claimed(conn: Connection, ids: Sequence[int]) -> list[ClaimedRow]:
         select(OptOut.id)
         .where(OptOut.org_id == Reminder.org_id, OptOut.phone_e164 == Customer.phone_e164)
         .exists()
+    )
+    other = aliased(Reminder)
+    nearest_sent = (
+        select(func.min(other.days_left))
+        .where(
+            and_(
+                other.subscription_id == Reminder.subscription_id,
+                other.expires_on == Reminder.expires_on,
+                other.id != Reminder.id,
+                other.status.in_(sorted(MAY_HAVE_SENT)),
+            )
+        )
+        .scalar_subquery()
     )
     stmt = (
         select(
@@ -161,6 +268,7 @@ def load_claimed(conn: Connection, ids: Sequence[int]) -> list[ClaimedRow]:
             Customer.name,
             Customer.phone_e164,
             opted,
+            nearest_sent,
         )
         .join(Subscription, Subscription.id == Reminder.subscription_id)
         .join(Customer, Customer.id == Reminder.customer_id)

@@ -64,6 +64,11 @@ def due_offsets(leads: Iterable[int]) -> list[tuple[int, int]]:
     return pairs
 
 
+def in_window(moment: time, window: tuple[time, time]) -> bool:
+    """True when a local wall-clock time lies in the window [start, end)."""
+    return _in_window(moment, *window)
+
+
 def _in_window(moment: time, start: time, end: time) -> bool:
     if start == end:
         return True  # all day

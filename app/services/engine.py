@@ -26,8 +26,7 @@ from app.domain.templates import (
     CustomerVars,
     OrganizationVars,
     SubscriptionVars,
-    TemplateProblem,
-    render,
+    render_or_default,
 )
 
 log = logging.getLogger("app.engine")
@@ -105,10 +104,16 @@ class Renderable(Protocol):
     def currency(self) -> str | None: ...
 
 
-def render_body(book: TemplateBook, org: OrgConfig, item: Renderable, *, days_left: int) -> str:
-    """The text for one row on a day with ``days_left`` to go (TemplateProblem if it fails)."""
-    return render(
-        book.source(org.id, item.lead_days),
+def render_body(
+    book: TemplateBook, org: OrgConfig, item: Renderable, *, days_left: int, lead: int | None = None
+) -> tuple[str, str | None]:
+    """The text for one row with ``days_left`` to go as a text of ``lead`` (default: the row's),
+    and None; or, when the organization's template fails for this customer, the built-in
+    default's text and the template's problem (R7: a plain reminder beats none, and the row
+    records why)."""
+    lead = item.lead_days if lead is None else lead
+    return render_or_default(
+        book.source(org.id, lead),
         customer=CustomerVars(name=item.customer_name),
         organization=OrganizationVars(name=org.name),
         subscription=SubscriptionVars(
@@ -118,7 +123,7 @@ def render_body(book: TemplateBook, org: OrgConfig, item: Renderable, *, days_le
             currency=item.currency,
         ),
         days_left=days_left,
-        lead_days=item.lead_days,
+        lead_days=lead,
     )
 
 
@@ -146,7 +151,8 @@ def plan_day(
 
     One set-based query finds what the ledger lacks; bodies are rendered in Python page by
     page and each page is written with one INSERT … ON CONFLICT DO NOTHING, so a re-run or a
-    concurrent run adds nothing twice. A template that fails marks only its own row ``failed``.
+    concurrent run adds nothing twice. A template that fails for a customer gives that row the
+    built-in wording, recorded in ``template_fallback`` (R7).
 
     Pages take turns between organizations. Without ``on_page`` everything happens in the
     caller's transaction. With it, each page is committed and ``on_page`` gets its new
@@ -154,6 +160,8 @@ def plan_day(
     loses nothing: planned rows are in the ledger, and a re-run adds only the rest).
     """
     report = PlanReport()
+    if on_page is not None and on_date is not None:
+        raise ValueError("only today's plan is handed on to be sent (R3); plan other dates dry")
     org_days = [
         plan_sql.OrgDay(
             org_id=org.id,
@@ -191,13 +199,21 @@ def _planned_row(
 ) -> dict[str, object]:
     if c.skip_reason:
         return plan_sql.row_values(c, now=now, status="skipped", reason=c.skip_reason)
-    try:
-        body = render_body(book, org, c, days_left=c.days_left)
-    except TemplateProblem as exc:
-        return plan_sql.row_values(
-            c, now=now, status="failed", reason="template_error", error=str(exc)
+    body, fallback = render_body(book, org, c, days_left=c.days_left)
+    if fallback:
+        log.warning(
+            "template of %s failed for subscription %d (%s); planned in the built-in wording",
+            org.slug,
+            c.subscription_id,
+            fallback,
         )
     info = count_segments(body)
     return plan_sql.row_values(
-        c, now=now, status="pending", body=body, segments=info.segments, encoding=info.encoding
+        c,
+        now=now,
+        status="pending",
+        body=body,
+        segments=info.segments,
+        encoding=info.encoding,
+        template_fallback=fallback,
     )

@@ -57,6 +57,13 @@ def add_org(conn: Connection, data: OrgInput, *, settings: Settings, now: dateti
         if data.send_window
         else settings.send_window
     )
+    assert isinstance(send_time, time) and isinstance(window, tuple)
+    if not planning.in_window(send_time, window):
+        raise ValidationError(
+            f"--send-time {send_time:%H:%M} is outside --send-window "
+            f"{window[0]:%H:%M}-{window[1]:%H:%M}: the day's texts would all wait for the next "
+            "morning; choose a send time inside the window"
+        )
     leads = (
         _parsed("--lead-days", parse_lead_days, data.lead_days)
         if data.lead_days

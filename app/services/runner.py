@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -11,7 +13,7 @@ from sqlalchemy import Engine, select
 
 from app.db import ledger
 from app.db.models import Customer, Organization, Reminder, Subscription
-from app.domain import planning
+from app.domain import planning, rules
 from app.errors import NotFoundError
 from app.services.engine import OrgConfig, PlanReport, load_orgs, plan_day
 from app.services.sender import Sender, SendReport
@@ -22,9 +24,14 @@ class RunSummary:
     dates: dict[str, str] = field(default_factory=dict)  # org slug -> local date used
     plan: PlanReport = field(default_factory=PlanReport)
     send: SendReport = field(default_factory=SendReport)
-    would_send: list[dict[str, Any]] = field(default_factory=list)  # dry run only
+    would_send: list[dict[str, Any]] = field(default_factory=list)  # previewed rows
+    # Organizations whose today is not the run's --date, with their today: planned and
+    # previewed for that date only (R3).
+    previewed: dict[str, str] = field(default_factory=dict)
+    would_plan: int = 0  # rows a preview would have planned
 
     def as_dict(self) -> dict[str, Any]:
+        retry = min(self.send.retry_at, default=None)
         return {
             "dates": self.dates,
             "planned": self.plan.planned,
@@ -32,9 +39,18 @@ class RunSummary:
             "failed": self.plan.failed + self.send.failed,
             "skipped": self.plan.skipped + self.send.skipped,
             "held": self.send.held,
+            "held_until": {s: t.isoformat() for s, t in sorted(self.send.held_until.items())},
             "retrying": self.send.retrying,
+            "next_retry_at": retry.isoformat() if retry else None,
             "unknown": self.send.unknown,
+            "taken_by_others": self.send.lost,
+            "previewed": self.previewed,
         }
+
+
+# Called about every second while a run sends or waits: the counts so far, and how many texts
+# were due when it started.
+Progress = Callable[[SendReport, int], None]
 
 
 def resolve_orgs(engine: Engine, slugs: Sequence[str]) -> dict[int, OrgConfig]:
@@ -50,6 +66,18 @@ def resolve_orgs(engine: Engine, slugs: Sequence[str]) -> dict[int, OrgConfig]:
     return orgs
 
 
+def split_by_date(
+    orgs: dict[int, OrgConfig], *, now: datetime, on_date: date | None
+) -> tuple[dict[int, OrgConfig], dict[int, OrgConfig]]:
+    """(organizations whose today ``on_date`` is, or all without one; the others)."""
+    today: dict[int, OrgConfig] = {}
+    other: dict[int, OrgConfig] = {}
+    for org_id, org in orgs.items():
+        sends = rules.sends_for(on_date, planning.local_date(now, org.timezone))
+        (today if sends else other)[org_id] = org
+    return today, other
+
+
 def run_day(
     engine: Engine,
     sender: Sender,
@@ -58,25 +86,113 @@ def run_day(
     on_date: date | None = None,
     ignore_window: bool = False,
     batch_size: int = 500,
+    on_progress: Progress | None = None,
 ) -> RunSummary:
-    """Plan each organization's day, then send every pending row whose attempt is due."""
-    summary = RunSummary()
+    """The manual trigger: plan today, then send every text due now and return only when each
+    is sent or accounted for (R6): held for the window, retrying later, failed, skipped,
+    unknown, or taken by another run. It waits for its senders' rate slots as long as that
+    takes. An organization whose today is not ``on_date`` is planned and previewed for that
+    date, with nothing written or sent (R3)."""
     orgs = resolve_orgs(engine, slugs)
     now = sender.clock()
+    sending, previewed = split_by_date(orgs, now=now, on_date=on_date)
+    summary = RunSummary()
+    if previewed:
+        preview = _preview(engine, previewed, now=now, on_date=on_date, ignore_window=ignore_window)
+        summary.would_send, summary.would_plan = preview.would_send, preview.plan.planned
+        summary.previewed = {
+            o.slug: o.today(now).isoformat()
+            for o in sorted(previewed.values(), key=lambda o: o.slug)
+        }
     summary.dates = {o.slug: o.today(now, on_date).isoformat() for o in orgs.values()}
+    if not sending:
+        return summary
     with engine.begin() as conn:
-        summary.plan = plan_day(conn, now=now, orgs=orgs, on_date=on_date)
+        summary.plan = plan_day(conn, now=now, orgs=sending)
+    with engine.connect() as conn:
+        total = ledger.count_due(
+            conn, now=sender.clock(), org_ids=sending, release_held=ignore_window
+        )
+    send = _Sending(sender, summary.send, total, ignore_window, on_progress)
+    # First every text due now (and, with --ignore-window, every held one), in id order.
     after = 0
     while True:
         with engine.connect() as conn:
             ids = ledger.due_ids(
-                conn, now=sender.clock(), org_ids=orgs, limit=batch_size, after_id=after
+                conn,
+                now=sender.clock(),
+                org_ids=sending,
+                limit=batch_size,
+                after_id=after,
+                release_held=ignore_window,
             )
         if not ids:
             break
-        summary.send.add(sender.send_ids(ids, on_date=on_date, ignore_window=ignore_window))
+        send.batch(ids)
         after = ids[-1]
+    # Then what went back for a later rate-limit slot (or a new local day), as it falls due.
+    while True:
+        with engine.connect() as conn:
+            at = ledger.next_attempt(conn, org_ids=sending, reason=ledger.DEFERRED)
+            ids = ledger.due_ids(
+                conn,
+                now=sender.clock(),
+                org_ids=sending,
+                limit=batch_size,
+                reason=ledger.DEFERRED,
+            )
+        if ids:
+            send.batch(ids)
+        elif at is None:
+            break
+        else:
+            send.wait(min(max((at - sender.clock()).total_seconds(), 0.05), 1.0))
+    send.report_progress()
     return summary
+
+
+class _Sending:
+    """A run's batches, one after another, with the counts reported as they grow."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        done: SendReport,
+        total: int,
+        ignore_window: bool,
+        on_progress: Progress | None,
+    ) -> None:
+        self.sender = sender
+        self.done = done
+        self.total = total
+        self.ignore_window = ignore_window
+        self.on_progress = on_progress
+        self.live = SendReport()
+
+    def batch(self, ids: list[int]) -> None:
+        self.live = SendReport()
+        future = self.sender.submit_ids(ids, ignore_window=self.ignore_window, report=self.live)
+        while True:
+            try:
+                report = future.result(timeout=1.0)
+            except TimeoutError:
+                self.report_progress()
+                continue
+            break
+        self.done.add(report)
+        self.live = SendReport()
+        self.report_progress()
+
+    def wait(self, seconds: float) -> None:
+        self.report_progress()
+        time.sleep(seconds)
+
+    def report_progress(self) -> None:
+        if self.on_progress is not None:
+            so_far = SendReport()
+            so_far.add(self.done)
+            so_far.add(self.live)
+            self.on_progress(so_far, self.total)
 
 
 def dry_run(
@@ -88,9 +204,21 @@ def dry_run(
     ignore_window: bool = False,
 ) -> RunSummary:
     """Plan inside a transaction that is rolled back: shows what would go out, writes nothing."""
-    summary = RunSummary()
     orgs = resolve_orgs(engine, slugs)
+    summary = _preview(engine, orgs, now=now, on_date=on_date, ignore_window=ignore_window)
     summary.dates = {o.slug: o.today(now, on_date).isoformat() for o in orgs.values()}
+    return summary
+
+
+def _preview(
+    engine: Engine,
+    orgs: dict[int, OrgConfig],
+    *,
+    now: datetime,
+    on_date: date | None,
+    ignore_window: bool,
+) -> RunSummary:
+    summary = RunSummary()
     with engine.connect() as conn:
         trans = conn.begin()
         try:
@@ -107,7 +235,7 @@ def dry_run(
                 .where(
                     Reminder.status == "pending",
                     Reminder.org_id.in_(list(orgs)),
-                    (Reminder.next_attempt_at.is_(None)) | (Reminder.next_attempt_at <= now),
+                    ledger.is_sendable(now, release_held=ignore_window),
                 )
                 .order_by(Reminder.id)
             )

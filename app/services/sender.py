@@ -19,20 +19,19 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, case, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, select, update
 
 from app.aioloop import monotonic, shared_loop
 from app.db import ledger
 from app.db.models import Reminder
-from app.domain import planning
+from app.domain import planning, rules
 from app.domain.phones import mask_phone
 from app.domain.segments import count_segments
-from app.domain.templates import TemplateProblem
 from app.providers.base import PermanentError, SmsProvider, TransientError, UnknownOutcomeError
 from app.services.engine import OrgConfig, TemplateBook, load_orgs, render_body
 from app.services.ratelimit import NoRateLimit, RateLimiter
@@ -77,6 +76,7 @@ class SendReport:
     retrying: int = 0  # transient failure, back to pending with a next attempt
     unknown: int = 0  # outcome unknown, waiting for reconciliation
     held: int = 0  # outside the send window, waiting for it to open
+    held_until: dict[str, datetime] = field(default_factory=dict)  # org slug -> window opens
     deferred: int = 0  # no rate-limit slot soon enough, back to pending
     lost: int = 0  # claimed or moved by someone else first
     retry_at: list[datetime] = field(default_factory=list)
@@ -94,6 +94,8 @@ class SendReport:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.retry_at.extend(other.retry_at)
+        for slug, opens in other.held_until.items():
+            self.held_until[slug] = min(opens, self.held_until.get(slug, opens))
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class Ready:
     text: dict[str, Any]  # the columns the outcome records: body, days_left, segments, encoding
     key: str  # the rate-limit key of its sender
     rate: float  # slots per second booked for that sender
+    today: date  # the organization's local date its text was made for (R3)
+    ignore_window: bool  # this run was given --ignore-window (R4)
 
 
 @dataclass
@@ -114,7 +118,9 @@ class Outcome:
 
     row: ledger.ClaimedRow
     org: OrgConfig
-    status: str  # sent | failed | skipped | unknown | pending (retry) | deferred (no slot)
+    # sent | failed | skipped | unknown | pending (retry) | deferred (no slot, or made for a
+    # local date that has passed) | held (its window closed before it left)
+    status: str
     values: dict[str, Any]
     opt_out: bool = False
 
@@ -126,6 +132,7 @@ _OUTCOME_COLUMNS = (
     "error_message",
     "provider_message_id",
     "body",
+    "template_fallback",
     "days_left",
     "segments",
     "encoding",
@@ -133,7 +140,14 @@ _OUTCOME_COLUMNS = (
     "next_attempt_at",
 )
 # Columns an outcome keeps as they are when it does not set them.
-_KEEP_UNLESS_SET = ("body", "days_left", "segments", "encoding", "next_attempt_at")
+_KEEP_UNLESS_SET = (
+    "body",
+    "template_fallback",
+    "days_left",
+    "segments",
+    "encoding",
+    "next_attempt_at",
+)
 # A text sent with its planned body sets only these (and clears any earlier error).
 _SENT_COLUMNS = frozenset({"provider_message_id", "sent_at"})
 _SENT_AS_PLANNED = "sent as planned"
@@ -259,23 +273,28 @@ class Sender:
         self,
         ids: Sequence[int],
         *,
-        on_date: date | None = None,
         ignore_window: bool = False,
+        report: SendReport | None = None,
     ) -> SendReport:
         """Hold what is outside its window, claim the rest, send, record the outcomes."""
-        return self.submit_ids(ids, on_date=on_date, ignore_window=ignore_window).result()
+        return self.submit_ids(ids, ignore_window=ignore_window, report=report).result()
 
     def submit_ids(
         self,
         ids: Sequence[int],
         *,
-        on_date: date | None = None,
         ignore_window: bool = False,
+        report: SendReport | None = None,
     ) -> Future[SendReport]:
         """``send_ids`` without waiting: the rows are held or claimed here, then sent on the
         shared loop alongside this process's other batches; the future holds the report once
-        every outcome is written."""
-        report = SendReport()
+        every outcome is written (``report``, if given, is where they are counted: the caller
+        may read it while the batch runs).
+
+        Every text is for the organization's local today by the process clock (R3), whatever
+        day its row was planned on; ``ignore_window`` also releases texts held for the window.
+        """
+        report = report if report is not None else SendReport()
         now = self.clock()
         with self.engine.begin() as conn:
             org_of = dict(
@@ -291,20 +310,21 @@ class Sender:
                 org = orgs[org_id]
                 opens = planning.next_window_open(now, org.timezone, org.window)
                 report.held += ledger.hold_until(conn, rids, until=opens, now=now)
+                report.held_until[org.slug] = opens
                 log.info(
                     "held %d texts of %s until the send window opens at %s",
                     len(rids),
                     org.slug,
                     opens.isoformat(),
                 )
-            won = ledger.claim(conn, sendable, now=now)
+            won = ledger.claim(conn, sendable, now=now, release_held=ignore_window)
         report.lost += len(sendable) - len(won)
         if not won:
             return self._open_batch(report, 0).future
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
             rows = ledger.load_claimed(conn, won)
             book = TemplateBook(conn, orgs)
-        ready, settled = self._prepare(rows, orgs, book, on_date)
+            ready, settled = self._prepare(conn, rows, orgs, book, ignore_window)
         self._admit(ready)
         batch = self._open_batch(report, len(ready) + len(settled))
         for outcome in settled:
@@ -430,10 +450,11 @@ class Sender:
 
     def _prepare(
         self,
+        conn: Connection,
         rows: list[ledger.ClaimedRow],
         orgs: dict[int, OrgConfig],
         book: TemplateBook,
-        on_date: date | None,
+        ignore_window: bool,
     ) -> tuple[list[Ready], list[Outcome]]:
         """Re-check each row and render what is still due: texts to send, and outcomes now."""
         ready: list[Ready] = []
@@ -442,7 +463,10 @@ class Sender:
         for row in rows:
             org = orgs[row.org_id]
             try:
-                item = self._prepare_one(row, org, book, org.today(now, on_date))
+                today = planning.local_date(now, org.timezone)
+                item = self._prepare_one(conn, row, org, book, today, now)
+                if isinstance(item, Ready) and ignore_window:
+                    item = replace(item, ignore_window=True)
             except Exception:
                 # Nothing was sent: the row goes back for another attempt, loudly.
                 log.exception("unexpected error preparing ledger row %d of %s", row.id, org.slug)
@@ -465,41 +489,60 @@ class Sender:
         return ready, settled
 
     def _prepare_one(
-        self, row: ledger.ClaimedRow, org: OrgConfig, book: TemplateBook, today: date
+        self,
+        conn: Connection,
+        row: ledger.ClaimedRow,
+        org: OrgConfig,
+        book: TemplateBook,
+        today: date,
+        now: datetime,
     ) -> Ready | Outcome:
-        skip = _skip_reason(row, org, today)
-        if skip:
-            return Outcome(row, org, "skipped", {"reason": skip})
-        days_left = (row.expires_on - today).days
+        decision = rules.decide(
+            rules.RowFacts(
+                expires_on=row.expires_on,
+                sub_expires_on=row.sub_expires_on,
+                sub_active=row.sub_status == "active",
+                phone_valid=row.phone_e164 is not None,
+                opted_out=row.opted_out,
+                nearest_sent=row.nearest_sent,
+            ),
+            today=today,
+            leads=org.leads,
+        )
+        if (
+            isinstance(decision, rules.Send)
+            and (decision.lead, decision.days_left) != (row.lead_days, row.days_left)
+            and not ledger.rekey(
+                conn, row.id, lead=decision.lead, days_left=decision.days_left, now=now
+            )
+        ):
+            decision = rules.superseded_by(decision.lead)
+        if isinstance(decision, rules.Skip):
+            return Outcome(row, org, "skipped", {"reason": decision.reason})
+        days_left, lead = decision.days_left, decision.lead
         body = row.body
-        if body is None or days_left != row.days_left:
-            # Always true: a text held or retried into a later day says the real days left.
-            try:
-                body = render_body(book, org, row, days_left=days_left)
-            except TemplateProblem as exc:
-                return Outcome(
-                    row,
-                    org,
-                    "failed",
-                    {
-                        "reason": "template_error",
-                        "error_code": "template",
-                        "error_message": str(exc),
-                    },
-                )
         text: dict[str, Any] = {}
-        if body != row.body or days_left != row.days_left:
-            # Re-rendered: the ledger keeps what was actually sent. Otherwise the planned
-            # body and its segment count stand as they are.
+        if body is None or (days_left, lead) != (row.days_left, row.lead_days):
+            # A text held or retried into a later day says the real days left, in the wording
+            # of the lead it now belongs to; the ledger keeps what was actually sent.
+            body, fallback = render_body(book, org, row, days_left=days_left, lead=lead)
+            if fallback:
+                log.warning(
+                    "template of %s failed for ledger row %d (%s); sent in the built-in wording",
+                    org.slug,
+                    row.id,
+                    fallback,
+                )
             info = count_segments(body)
             text = {
                 "body": body,
+                "template_fallback": fallback,
                 "days_left": days_left,
                 "segments": info.segments,
                 "encoding": info.encoding,
             }
         rate = (org.rate_per_second or self.settings.rate_per_second) * RATE_MARGIN
-        return Ready(row, org, body, text, self.rate_key(org), rate)
+        return Ready(row, org, body, text, self.rate_key(org), rate, today, False)
 
     async def _send_batch(self, ready: list[Ready], done: _Batch) -> None:
         """Each sender's texts are paced by their own coroutine; at most SMS_CONCURRENCY texts
@@ -665,9 +708,24 @@ class Sender:
             inflight.release()
         done.put(outcome)
 
+    def _still_true(self, item: Ready) -> Outcome | None:
+        """Checked just before the request (a text may wait seconds for its slot): it goes only
+        on the local date it was made for (R3) and inside its window (R4); else it goes back."""
+        now = self.clock()
+        org = item.org
+        if planning.local_date(now, org.timezone) != item.today:
+            return Outcome(item.row, org, "deferred", {"next_attempt_at": now})
+        if not item.ignore_window and not planning.in_send_window(now, org.timezone, org.window):
+            opens = planning.next_window_open(now, org.timezone, org.window)
+            return Outcome(item.row, org, "held", {"next_attempt_at": opens})
+        return None
+
     async def _deliver(self, item: Ready) -> Outcome:
         row, org, text = item.row, item.org, item.text
         assert row.phone_e164 is not None
+        back = self._still_true(item)
+        if back is not None:
+            return back
         try:
             if self._send_async is not None:
                 message_id = await self._send_async(row.phone_e164, item.body, org.sender)
@@ -717,9 +775,11 @@ class Sender:
         now = self.clock()
         by_status: dict[str, list[tuple[Outcome, dict[str, Any]]]] = {}
         deferred: dict[datetime, list[Outcome]] = {}
+        held: dict[datetime, list[Outcome]] = {}
         for o in outcomes:
-            if o.status == "deferred":
-                deferred.setdefault(o.values["next_attempt_at"], []).append(o)
+            if o.status in ("deferred", "held"):
+                back = deferred if o.status == "deferred" else held
+                back.setdefault(o.values["next_attempt_at"], []).append(o)
                 continue
             if o.status == "sent" and o.values.keys() <= _SENT_COLUMNS:
                 # The common case, written with a statement of three parameters a row.
@@ -754,6 +814,13 @@ class Sender:
                 )
                 for until, group in deferred.items()
             ]
+            moves += [
+                (
+                    [(o, {}) for o in group],
+                    ledger.hold_claimed(conn, [o.row.id for o in group], until=until, now=now),
+                )
+                for until, group in held.items()
+            ]
         for group, moved in moves:
             if moved is not None and 0 <= moved < len(group):
                 log.warning("%d outcomes found their rows already moved", len(group) - moved)
@@ -768,6 +835,9 @@ class Sender:
             setattr(report, counter, getattr(report, counter) + 1)
             if counter == "retrying":
                 report.retry_at.append(o.values["next_attempt_at"])
+            elif counter == "held":
+                opens = o.values["next_attempt_at"]
+                report.held_until[o.org.slug] = min(opens, report.held_until.get(o.org.slug, opens))
 
         return tally
 
@@ -801,24 +871,6 @@ def _outcome_update(status: str, now: datetime) -> Any:
         .where(Reminder.id == bindparam("row_id"), Reminder.status == "sending")
         .values(values)
     )
-
-
-def _skip_reason(row: ledger.ClaimedRow, org: OrgConfig, today: date) -> str | None:
-    """Re-check at send time what may have changed since planning."""
-    if row.sub_status != "active":
-        return "cancelled"
-    if row.sub_expires_on != row.expires_on:
-        return "renewed"
-    if row.phone_e164 is None:
-        return "invalid_phone"
-    if row.opted_out:
-        return "opted_out"
-    due = planning.due_lead((row.expires_on - today).days, org.leads)
-    if due is None:
-        return "expired"
-    if due < row.lead_days:
-        return f"stale: the {due}-day reminder is due now"
-    return None
 
 
 def _log_outcome(o: Outcome) -> None:

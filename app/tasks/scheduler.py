@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import click
 from celery import Celery, bootsteps
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from app.config import celery_config
 from app.db import ledger
@@ -24,7 +24,8 @@ from app.domain.planning import utcnow
 from app.errors import ConfigError
 from app.providers import check_provider_settings
 from app.services import dispatch
-from app.services.engine import load_orgs, plan_day
+from app.services.engine import OrgConfig, load_orgs, plan_day
+from app.services.runner import split_by_date
 from app.services.sender import SendReport
 from app.settings import get_settings
 from app.tasks import runtime
@@ -149,18 +150,23 @@ def send_payment_reminder_sms(
     """The daily run: plan the day set-based, page by page; each page is committed and its
     rows enqueued in send batches while the next page is rendered.
 
-    ``date`` (ISO) acts as today's local date in every organization; ``org`` is a slug or a
-    list of slugs (default: every active organization). Due retries of earlier days go too.
+    ``org`` is a slug or a list of slugs (default: every active organization). Due retries of
+    earlier days go too. ``date`` (ISO) is the local date the run is for: an organization
+    whose today it is not (a day started before midnight and run after it, a hand-made call)
+    is planned and previewed for it, with nothing written or sent (R3); its later days catch
+    up what is still due.
     """
     rt = runtime.current()
     on_date = _parse_date(date)
     slugs = [org] if isinstance(org, str) else list(org or [])
     now = utcnow()
     with rt.engine.connect() as conn:
-        orgs = load_orgs(conn, ledger.active_org_ids(conn, slugs or None))
-        missing = sorted(set(slugs) - {o.slug for o in orgs.values()})
+        everyone = load_orgs(conn, ledger.active_org_ids(conn, slugs or None))
+        missing = sorted(set(slugs) - {o.slug for o in everyone.values()})
         if missing:
             log.error("daily run: no active organization %s; ignored", ", ".join(missing))
+        orgs, previewed = split_by_date(everyone, now=now, on_date=on_date)
+        preview = _preview_elsewhere(rt.engine, previewed, now=now, on_date=on_date)
 
         # First what already waits: retries of earlier days, rows put back, rows a crashed
         # run planned.
@@ -170,9 +176,12 @@ def send_payment_reminder_sms(
             nonlocal enqueued
             enqueued += _hand_over(conn, ids, date)
 
-        report = plan_day(conn, now=now, orgs=orgs, on_date=on_date, on_page=send_page)
-        days = {o.id: o.today(now, on_date) for o in orgs.values()}
-        dispatch.mark_planned(conn, org_days=days)
+        report = plan_day(conn, now=now, orgs=orgs, on_page=send_page)
+        days = {o.id: o.today(now) for o in orgs.values()}
+        # A day whose date has passed is done with: nothing restarts it.
+        dispatch.mark_planned(
+            conn, org_days={**days, **{o.id: o.today(now, on_date) for o in previewed.values()}}
+        )
         conn.commit()
     for o in orgs.values():
         log.info("day started org=%s date=%s", o.slug, days[o.id].isoformat())
@@ -191,7 +200,31 @@ def send_payment_reminder_sms(
         "failed": report.failed,
         "enqueued": enqueued,
         "dates": {o.slug: days[o.id].isoformat() for o in orgs.values()},
+        "previewed": {o.slug: preview.get(o.id, 0) for o in previewed.values()},
     }
+
+
+def _preview_elsewhere(
+    engine: Engine, orgs: dict[int, OrgConfig], *, now: datetime, on_date: date | None
+) -> dict[int, int]:
+    """Plan other days' organizations in a transaction rolled back; one line each (R3)."""
+    if not orgs or on_date is None:
+        return {}
+    counts: dict[int, int] = {}
+    with engine.connect() as conn, conn.begin() as trans:
+        for org in orgs.values():
+            counts[org.id] = plan_day(conn, now=now, orgs={org.id: org}, on_date=on_date).planned
+        trans.rollback()
+    for org in orgs.values():
+        log.warning(
+            "daily run for %s: it is %s in %s, not that date; planned %d as a preview, "
+            "nothing sent for it",
+            on_date.isoformat(),
+            org.today(now).isoformat(),
+            org.slug,
+            counts[org.id],
+        )
+    return counts
 
 
 @_task(name="app.tasks.scheduler.send_reminders", **_limits("send"))
@@ -206,7 +239,9 @@ def send_reminders(ids: list[int], date: str | None = None) -> None:
     """
     rt = runtime.current()
     started = utcnow()
-    batch = rt.sender.submit_ids(ids, on_date=_parse_date(date))
+    # ``date`` is kept for messages already queued; a text is always for its organization's
+    # local today by the clock (R3).
+    batch = rt.sender.submit_ids(ids)
     batch.add_done_callback(lambda done: _batch_finished(ids, started, done))
 
 
