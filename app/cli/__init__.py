@@ -41,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point: one-line errors, meaningful exit codes."""
     try:
         get_settings()  # a bad setting stops every command with the variable's name
-        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        if isinstance(code, int) and code:
+            return code  # a command's documented status (`reminders run`: 3 = some failed)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort:

@@ -84,7 +84,7 @@ def decide(facts: RowFacts, *, today: date, leads: Iterable[int]) -> Send | Skip
     if days_left < 0:
         return Skip("expired")
     if facts.nearest_sent is not None and facts.nearest_sent <= days_left:
-        return Skip(f"superseded: a text with {facts.nearest_sent} days left went first")
+        return Skip(f"superseded: a nearer text ({facts.nearest_sent} days left)")
     if lead is None:
         return Skip(f"not_due: {days_left} days left is beyond the lead days")
     return Send(days_left=days_left, lead=lead)

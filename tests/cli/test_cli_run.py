@@ -6,13 +6,16 @@ Acme is in New York (window 08:00-21:00, lead days 5,3,1). At 14:00 UTC on 2030-
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cli_support import Cli, count, write_csv
 from freezegun import freeze_time
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, select
+
+from app.db.models import DEFAULT_TEMPLATE_LEAD, Organization, Template
 
 IN_WINDOW = "2030-06-10 14:00:00"
 BEFORE_WINDOW = "2030-06-10 05:00:00"
@@ -237,8 +240,37 @@ def test_org_option_is_repeatable_and_unknown_org_is_refused(
 
 
 @freeze_time(IN_WINDOW)
-def test_date_option_acts_as_that_local_day(db: Engine, cli: Cli, acme: str) -> None:
-    summary = cli.json("run", "--date", "2030-06-12")
+def test_a_back_dated_run_previews_and_sends_nothing(
+    db: Engine, cli: Cli, acme: str, sms_log: Path
+) -> None:
+    """R3, issue 13 case 1: a run for yesterday after today's texts went out texts no one
+    again; it says so in one line and writes nothing."""
+    first = cli.json("run")
+    assert first["sent"] == 4
+    before = cli.json("messages")
+
+    result = cli("run", "--date", "2030-06-09", "--org", "acme")
+
+    assert result.code == 0
+    assert result.err.strip() == (
+        "note: 2030-06-09 is not today in acme (today: 2030-06-10): planned and previewed for it "
+        "as a dry run; nothing was sent or written for it"
+    )
+    assert "SEND acme" in result.out  # the preview of that day
+    assert cli.json("messages") == before
+    assert len(sent_texts(sms_log)) == 4
+    summary = cli.json("run", "--date", "2030-06-11", "--json")
+    assert (summary["dry_run"], summary["sent"], summary["previewed"]) == (
+        True,
+        0,
+        {"acme": "2030-06-10"},
+    )
+    assert cli.json("messages") == before
+
+
+def test_a_date_equal_to_today_is_a_plain_run(db: Engine, cli: Cli, acme: str) -> None:
+    with freeze_time("2030-06-12 14:00:00"):
+        summary = cli.json("run", "--date", "2030-06-12")
 
     assert summary["dates"] == {"acme": "2030-06-12"}
     rows = by_sub(cli.json("messages"))
@@ -251,6 +283,7 @@ def test_date_option_acts_as_that_local_day(db: Engine, cli: Cli, acme: str) -> 
     assert {r["expires_on"] for r in rows.values()} == {"2030-06-15", "2030-06-13", "2030-06-14"}
     assert "expires in 2 days" in rows["s6"]["body"]
     assert "expires tomorrow" in rows["s2"]["body"]
+    assert (summary["sent"], summary["previewed"]) == (3, {})
     assert "2030-13-45" in cli("run", "--date", "2030-13-45").error
 
 
@@ -292,12 +325,14 @@ def test_held_texts_sent_next_day_say_the_real_days_left(
     assert {k: (r["status"], r["days_left"], r["reason"]) for k, r in rows.items()} == {
         ("s1", 5): ("sent", 4, None),
         ("s2", 3): ("sent", 2, None),
-        ("s3", 1): ("skipped", 1, "expired"),
-        ("s6", 5): ("skipped", 4, "stale: the 3-day reminder is due now"),
+        # R5: the held 1-day text still goes on the expiry day, saying so.
+        ("s3", 1): ("sent", 0, None),
+        ("s6", 5): ("skipped", 4, "superseded: a nearer text (3 days left)"),
         ("s6", 3): ("sent", 3, None),
     }
     assert "expires in 4 days" in rows[("s1", 5)]["body"]
     assert "expires in 2 days" in rows[("s2", 3)]["body"]
+    assert "expires today" in rows[("s3", 1)]["body"]
     bodies = [body for _to, body in sent_texts(sms_log)]
     assert not any("expires in 5 days" in b for b in bodies), "a stale text went out"
 
@@ -323,7 +358,8 @@ def test_opt_out_and_opt_in_round_trip_affects_the_next_run(
     assert "+12025550101" not in [to for to, _ in sent_texts(sms_log)]
 
     assert "+12025550101 opted in to acme texts" in cli.ok("opt-in", "acme", "202-555-0101").out
-    cli.ok("run", "--date", "2030-06-12")  # the 3-day reminder
+    with freeze_time("2030-06-12 14:00:00"):
+        cli.ok("run")  # the 3-day reminder
 
     texts_to_ada = [body for to, body in sent_texts(sms_log) if to == "+12025550101"]
     assert len(texts_to_ada) == 1 and "expires in 3 days" in texts_to_ada[0]
@@ -372,9 +408,11 @@ def test_renewal_starts_a_fresh_cycle(db: Engine, cli: Cli, acme: str, tmp_path:
     renewed = [("c1", "Ada", "+1 202 555 0101", "s1", "Fiber", "2030-07-15")]
     cli.ok("import", "acme", write_csv(tmp_path / "renew.csv", renewed))
 
-    assert cli.json("run", "--date", "2030-06-12", "--org", "acme")["planned"] == 2  # s2, s6
+    with freeze_time("2030-06-12 14:00:00"):
+        assert cli.json("run", "--org", "acme")["planned"] == 2  # s2, s6
     assert "s1" not in {m["subscription_id"] for m in cli.json("messages", "--date", "2030-06-12")}
-    cli.ok("run", "--date", "2030-07-10")
+    with freeze_time("2030-07-10 14:00:00"):
+        cli.ok("run")
 
     s1 = [m for m in cli.json("messages") if m["subscription_id"] == "s1"]
     assert [(m["expires_on"], m["lead_days"], m["status"]) for m in s1] == [
@@ -415,13 +453,21 @@ def test_organizations_on_both_sides_of_utc_get_their_own_day(
 
 
 @freeze_time(IN_WINDOW)
-def test_a_text_that_fails_to_render_is_failed_and_the_rest_go_out(
+def test_a_stored_template_that_fails_for_one_customer_falls_back_to_the_default(
     db: Engine, cli: Cli, tmp_path: Path
 ) -> None:
+    """R7: a template stored before the checks (or one that fails another way) still gives the
+    customer a whole sentence: the built-in wording, recorded on the row."""
     add_org(cli, "acme")
-    template = tmp_path / "t.j2"
-    template.write_text("{{ customer.name }}: {{ subscription.amount + 1 }} due", encoding="utf-8")
-    cli.ok("template", "set", "acme", template)  # the sample has an amount, so it is accepted
+    with db.begin() as conn:
+        conn.execute(
+            insert(Template).values(
+                org_id=select(Organization.id).where(Organization.slug == "acme").scalar_subquery(),
+                lead_days=DEFAULT_TEMPLATE_LEAD,
+                body="{{ customer.name }}: {{ subscription.amount + 1 }} due",
+                updated_at=datetime.now(UTC),
+            )
+        )
     header = ("customer_id", "name", "phone", "subscription_id", "plan", "expires_on", "amount")
     rows = [
         ("c1", "Ada", "+1 202 555 0101", "s1", "Fiber", "2030-06-15", "10"),
@@ -431,16 +477,14 @@ def test_a_text_that_fails_to_render_is_failed_and_the_rest_go_out(
 
     summary = cli.json("run")
 
-    assert (summary["planned"], summary["sent"], summary["failed"]) == (2, 1, 1)
+    assert (summary["planned"], summary["sent"], summary["failed"]) == (2, 2, 0)
     rows_by_sub = by_sub(cli.json("messages"))
     assert rows_by_sub["s1"]["body"] == "Ada: 11.00 due"
-    failed = rows_by_sub["s2"]
-    assert (failed["status"], failed["reason"], failed["error_code"]) == (
-        "failed",
-        "template_error",
-        "template",
-    )
-    assert "NoneType" in failed["error_message"]
+    assert rows_by_sub["s1"]["template_fallback"] is None
+    bob = rows_by_sub["s2"]
+    assert bob["status"] == "sent"
+    assert bob["body"].startswith("Hi Bob, your Acme Fiber plan expires in 5 days")
+    assert "NoneType" in bob["template_fallback"]
 
 
 def test_run_refuses_contradictory_options(sqlite_db: Engine, cli: Cli) -> None:

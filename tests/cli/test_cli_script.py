@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from cli_support import Cli, run_script, url_of, write_csv
@@ -65,15 +67,14 @@ def test_python_dash_m_app_is_the_same_command(tmp_path: Path, pg_engine: Engine
         assert command in helped.stdout
 
 
-def test_script_run_with_date_against_sqlite(sqlite_db: Engine, cli: Cli, tmp_path: Path) -> None:
+def test_script_run_against_sqlite(sqlite_db: Engine, cli: Cli, tmp_path: Path) -> None:
     cli.ok("org", "add", "acme", "--name", "Acme", "--timezone", "Asia/Tokyo")
-    rows = [("c1", "Ada", "+1 202 555 0101", "s1", "Fiber", "2030-06-15")]
+    tokyo = datetime.now(ZoneInfo("Asia/Tokyo")).date()
+    rows = [("c1", "Ada", "+1 202 555 0101", "s1", "Fiber", str(tokyo + timedelta(days=3)))]
     cli.ok("import", "acme", write_csv(tmp_path / "a.csv", rows))
     env = {"DATABASE_URL": url_of(sqlite_db)}
 
-    result = run_script(
-        "run", "--date", "2030-06-12", "--ignore-window", "--json", cwd=tmp_path, env=env
-    )
+    result = run_script("run", "--ignore-window", "--json", cwd=tmp_path, env=env)
 
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # logs went to stderr, so stdout is pure JSON
@@ -81,6 +82,15 @@ def test_script_run_with_date_against_sqlite(sqlite_db: Engine, cli: Cli, tmp_pa
     assert "SMS to +12*******01" in result.stderr
     [message] = cli.json("messages")
     assert (message["lead_days"], message["days_left"], message["status"]) == (3, 3, "sent")
+
+    # Another day than today is a preview: one line on stderr, nothing written or sent.
+    later = str(tokyo + timedelta(days=1))
+    preview = run_script("run", "--date", later, "--json", cwd=tmp_path, env=env)
+    assert preview.returncode == 0, preview.stderr
+    assert json.loads(preview.stdout)["dry_run"] is True
+    assert f"note: {later} is not today in acme" in preview.stderr
+    assert "SMS to" not in preview.stderr
+    assert cli.json("messages") == [message]
 
 
 def test_unmigrated_database_is_a_one_line_error(cli: Cli, tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from cli_support import Cli
+from cli_support import Cli, write_csv
 from sqlalchemy import Engine
 
 from tests.ledger_rows import get_row, make_org, make_row
@@ -72,3 +74,25 @@ def test_webhook_refuses_without_a_public_url(cli: Cli, sqlite_db: Engine) -> No
     }
     error = cli("webhook", "--port", "0", env=twilio).error
     assert "WEBHOOK_BASE_URL" in error
+
+
+def test_a_run_with_failed_texts_finishes_and_exits_3(
+    cli: Cli, db: Engine, fake: FakeTwilio, tmp_path: Path
+) -> None:
+    """R6: the run is over and says what failed, with a status a script can test."""
+    cli.ok(
+        "org", "add", "acme", "--name", "Acme", "--timezone", "UTC", "--send-window", "00:00-00:00"
+    )
+    today = datetime.now(UTC).date()
+    rows = [
+        ("c1", "Ada", "+1 415 555 2671", "s1", "Fiber", str(today + timedelta(days=3))),
+        ("c2", "Bob", "+1 415 555 2672", "s2", "Fiber", str(today + timedelta(days=3))),
+    ]
+    cli.ok("import", "acme", write_csv(tmp_path / "a.csv", rows))
+    fake.fail("+14155552672", 21211, message="Invalid 'To' Phone Number")
+
+    result = cli("run", "--json", env=twilio_env(fake))
+
+    assert result.code == 3, result.err
+    summary = json.loads(result.out)
+    assert (summary["sent"], summary["failed"]) == (1, 1)
