@@ -185,8 +185,11 @@ def status_cmd(on_date: date | None, as_json: bool) -> None:
     if as_json:
         echo_json(counts)
         return
+    held = runner.held_until(engine())
     for slug, by_status in counts.items():
         line = ", ".join(f"{s} {by_status[s]}" for s in STATUSES if s in by_status)
+        if slug in held:
+            line += f"; held for the window until {held[slug]:%Y-%m-%d %H:%M} UTC"
         click.echo(f"{slug:<16} {line or 'no reminders'}")
 
 

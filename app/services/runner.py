@@ -258,6 +258,14 @@ def _preview(
     return summary
 
 
+def held_until(engine: Engine) -> dict[str, datetime]:
+    """Per organization with texts held for its window: when that window opens."""
+    with engine.connect() as conn:
+        slugs = dict(conn.execute(select(Organization.id, Organization.slug)).all())
+        opens = ledger.held_until(conn)
+    return {slugs[org_id]: at for org_id, at in opens.items()}
+
+
 def status_counts(engine: Engine, *, on_date: date | None = None) -> dict[str, dict[str, int]]:
     with engine.connect() as conn:
         slugs = dict(conn.execute(select(Organization.id, Organization.slug)).all())

@@ -89,6 +89,45 @@ def test_org_add_refuses_bad_option_with_one_line(
     assert count(sqlite_db, "organizations") == 0
 
 
+@pytest.mark.parametrize(
+    ("send_time", "window"),
+    [("22:00", "08:00-21:00"), ("07:59", "08:00-21:00"), ("12:00", "22:00-06:00")],
+)
+def test_org_add_refuses_a_send_time_outside_the_window(
+    sqlite_db: Engine, cli: Cli, send_time: str, window: str
+) -> None:
+    """R4, issue 13 case 4: every day's texts would wait for the next morning, where the last
+    reminder would come too late."""
+    result = cli(
+        "org",
+        "add",
+        "dubai",
+        "--name",
+        "Dubai",
+        "--timezone",
+        "Asia/Dubai",
+        "--send-time",
+        send_time,
+        "--send-window",
+        window,
+    )
+
+    assert result.code != 0
+    assert result.error.startswith(
+        f"error: --send-time {send_time} is outside --send-window {window}"
+    )
+    assert len(result.error.strip().splitlines()) == 1
+    assert count(sqlite_db, "organizations") == 0
+
+
+def test_a_default_send_time_outside_the_default_window_is_refused(
+    sqlite_db: Engine, cli: Cli
+) -> None:
+    env = {"REMINDER_SEND_TIME": "22:00", "REMINDER_SEND_WINDOW": "08:00-21:00"}
+    result = cli("org", "list", env=env)
+    assert "REMINDER_SEND_TIME=22:00 is outside REMINDER_SEND_WINDOW=08:00-21:00" in result.error
+
+
 @pytest.mark.parametrize("slug", ["Acme Corp", "acme/1", "", "x" * 65])
 def test_org_add_refuses_bad_slug(sqlite_db: Engine, cli: Cli, slug: str) -> None:
     result = cli("org", "add", slug, "--name", "Acme", "--timezone", "UTC")

@@ -287,6 +287,22 @@ def test_a_date_equal_to_today_is_a_plain_run(db: Engine, cli: Cli, acme: str) -
     assert "2030-13-45" in cli("run", "--date", "2030-13-45").error
 
 
+def test_ignore_window_releases_texts_already_held(
+    db: Engine, cli: Cli, acme: str, sms_log: Path
+) -> None:
+    """R4, issue 13 case 3: a run outside the window holds; --ignore-window sends them now."""
+    with freeze_time(BEFORE_WINDOW):
+        held = cli.json("run")
+        status = cli.ok("status").out
+        released = cli.json("run", "--ignore-window")
+
+    assert (held["held"], held["held_until"]) == (4, {"acme": "2030-06-10T12:00:00+00:00"})
+    assert "held for the window until 2030-06-10 12:00 UTC" in status
+    assert (released["planned"], released["sent"], released["held"]) == (0, 4, 0)
+    assert {m["status"] for m in cli.json("messages")} == {"sent"}
+    assert len(sent_texts(sms_log)) == 4
+
+
 def test_texts_outside_the_window_are_held_then_sent_when_it_opens(
     db: Engine, cli: Cli, acme: str, sms_log: Path
 ) -> None:
