@@ -108,7 +108,7 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 # (`scripts/test.sh tests/services/test_day_rules_model.py --hypothesis-profile=long`).
 hypothesis_settings.register_profile(
     "ci",
-    max_examples=12,
+    max_examples=100,
     stateful_step_count=30,
     deadline=None,
     derandomize=False,
@@ -116,7 +116,7 @@ hypothesis_settings.register_profile(
 )
 hypothesis_settings.register_profile(
     "long",
-    max_examples=400,
+    max_examples=2000,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=list(HealthCheck),

@@ -52,7 +52,9 @@ from app.settings import Settings, parse_window
 
 SURVEY = os.environ.get("RULES_SURVEY") == "1"
 BROKEN: dict[str, dict[str, str]] = {}  # rule -> kind of message -> an example (survey mode)
-TIMEOUT = 420 if settings.default.max_examples <= 50 else 14_400
+# A state machine's example is a whole story of steps: an eighth of the profile's examples.
+EXAMPLES = max(1, settings.default.max_examples // 8)
+TIMEOUT = 420 if EXAMPLES <= 20 else 14_400
 
 ZONES = (
     "UTC",
@@ -699,7 +701,9 @@ def test_the_days_rules_hold_under_everything_an_operator_does(
         f"{backend}_engine" if backend == "sqlite" else "pg_engine"
     )
     try:
-        run_state_machine_as_test(DayRules, settings=settings())
+        run_state_machine_as_test(
+            DayRules, settings=settings(settings.default, max_examples=EXAMPLES)
+        )
     finally:
         if SURVEY:
             print(f"\n{backend}: rules broken: {sorted(BROKEN)}")
