@@ -161,7 +161,16 @@ def _enqueue(
 ) -> None:
     from app.tasks.client import enqueue_day, wait_day
 
-    runner.resolve_orgs(engine(), orgs)  # an unknown slug fails here, before the broker
+    resolved = runner.resolve_orgs(engine(), orgs)  # an unknown slug fails here, before the broker
+    _, previewed = runner.split_by_date(resolved, now=now(), on_date=on_date)
+    if previewed and on_date is not None:
+        todays = ", ".join(sorted({o.today(now()).isoformat() for o in previewed.values()}))
+        slugs = ", ".join(sorted(o.slug for o in previewed.values()))
+        click.echo(
+            f"note: {on_date} is not today in {slugs} (today: {todays}): the workers only "
+            "preview it; nothing is sent for it",
+            err=True,
+        )
     task_id = enqueue_day(on_date=on_date, org_slugs=orgs)
     if not wait:
         if as_json:

@@ -44,6 +44,7 @@ from app.db.models import Customer, Reminder, Subscription
 from app.domain import planning
 from app.errors import ValidationError
 from app.providers.base import PermanentError, TransientError
+from app.providers.console import ConsoleProvider
 from app.services import orgs as org_service
 from app.services import runner
 from app.services.ratelimit import LocalRateLimiter
@@ -105,7 +106,8 @@ class Text:
 
 
 class ScriptedProvider:
-    """Takes every text, except where a number is scripted to fail (transiently or for good)."""
+    """The console provider, except where a number is scripted to fail (transiently or for
+    good); records what the console took, and when."""
 
     name = "scripted"
     can_reconcile = False
@@ -114,6 +116,7 @@ class ScriptedProvider:
         self.lock = threading.Lock()
         self.texts: list[Text] = []
         self.script: dict[str, list[str]] = {}
+        self.console = ConsoleProvider()
 
     def send(self, to: str, body: str, sender: str | None) -> str:
         with self.lock:
@@ -123,7 +126,7 @@ class ScriptedProvider:
                 raise TransientError("scripted 503", code="503")
             if step == "permanent":
                 raise PermanentError("scripted 21211", code="21211")
-            message_id = f"SM{len(self.texts) + 1:032d}"
+            message_id = self.console.send(to, body, sender)
             self.texts.append(Text(planning.utcnow(), to, body, message_id))
             return message_id
 
