@@ -16,14 +16,14 @@ import pytest
 import redis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from app.db.migrate import upgrade
 from app.db.session import dispose_engines, get_engine
+from tests.factories import clean_tables as _clean
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-TABLES = "reminders, daily_runs, opt_outs, templates, subscriptions, customers, organizations"
 
 
 def _pg_url(dbname: str) -> str:
@@ -66,15 +66,6 @@ def redis_url() -> Iterator[str]:
                 root.delete(f"reminders-test-db:{db}")
             return
     pytest.fail("no free Redis database number (1-15) for this test run")
-
-
-def _clean(engine: Engine) -> None:
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-        else:
-            for table in TABLES.split(", "):
-                conn.execute(text(f"DELETE FROM {table}"))
 
 
 @pytest.fixture

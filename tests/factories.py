@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, text
 
 from app.db.models import Customer, Reminder, Subscription
 from app.domain.phones import InvalidPhone, normalize_phone
@@ -18,6 +18,18 @@ from app.services.orgs import OrgInput, add_org
 from app.services.ratelimit import NoRateLimit
 from app.services.sender import Sender
 from app.settings import Settings
+
+TABLES = "reminders, daily_runs, opt_outs, templates, subscriptions, customers, organizations"
+
+
+def clean_tables(engine: Engine) -> None:
+    """Every table emptied (ids restart on PostgreSQL): a test starts from nothing."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        else:
+            for table in TABLES.split(", "):
+                conn.execute(text(f"DELETE FROM {table}"))
 
 
 def make_org(

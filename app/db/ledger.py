@@ -116,26 +116,6 @@ def hold_until(conn: Connection, ids: Sequence[int], *, until: datetime, now: da
     return result.rowcount or 0
 
 
-def hold_claimed(conn: Connection, ids: Sequence[int], *, until: datetime, now: datetime) -> int:
-    """Claimed rows whose window closed before they left go back to wait for it; the claim's
-    attempt is given back."""
-    if not ids:
-        return 0
-    result = conn.execute(
-        update(Reminder)
-        .where(Reminder.id.in_(list(ids)), Reminder.status == "sending")
-        .values(
-            status="pending",
-            attempts=Reminder.attempts - 1,
-            next_attempt_at=until,
-            claimed_at=None,
-            reason=HELD,
-            updated_at=now,
-        )
-    )
-    return result.rowcount or 0
-
-
 def claim(
     conn: Connection, ids: Sequence[int], *, now: datetime, release_held: bool = False
 ) -> list[int]:
@@ -179,9 +159,12 @@ def rekey(conn: Connection, row_id: int, *, lead: int, days_left: int, now: date
     return bool(result.rowcount)
 
 
-def release(conn: Connection, ids: Sequence[int], *, until: datetime) -> int:
-    """Claimed rows that were not tried (no rate-limit slot soon enough) go back to pending;
-    the claim's attempt is given back."""
+def put_back(
+    conn: Connection, ids: Sequence[int], *, until: datetime, reason: str, now: datetime
+) -> int:
+    """Claimed rows that were not tried go back to ``pending`` until ``until``, the claim's
+    attempt given back: ``DEFERRED`` (no rate-limit slot soon enough, or a new local day came
+    before they left), ``HELD`` (their window closed first)."""
     if not ids:
         return 0
     result = conn.execute(
@@ -192,8 +175,9 @@ def release(conn: Connection, ids: Sequence[int], *, until: datetime) -> int:
             attempts=Reminder.attempts - 1,
             next_attempt_at=until,
             claimed_at=None,
-            reason=DEFERRED,
-            updated_at=until,
+            reason=reason,
+            # A deferred row counts as never handed over until it is due (dispatch's rule).
+            updated_at=until if reason == DEFERRED else now,
         )
     )
     return result.rowcount or 0

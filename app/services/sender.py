@@ -807,20 +807,16 @@ class Sender:
                 (group, conn.execute(_outcome_update(status, now), [p for _, p in group]).rowcount)
                 for status, group in by_status.items()
             ]
-            moves += [
-                (
-                    [(o, {}) for o in group],
-                    ledger.release(conn, [o.row.id for o in group], until=until),
-                )
-                for until, group in deferred.items()
-            ]
-            moves += [
-                (
-                    [(o, {}) for o in group],
-                    ledger.hold_claimed(conn, [o.row.id for o in group], until=until, now=now),
-                )
-                for until, group in held.items()
-            ]
+            for reason, back in ((ledger.DEFERRED, deferred), (ledger.HELD, held)):
+                moves += [
+                    (
+                        [(o, {}) for o in group],
+                        ledger.put_back(
+                            conn, [o.row.id for o in group], until=until, reason=reason, now=now
+                        ),
+                    )
+                    for until, group in back.items()
+                ]
         for group, moved in moves:
             if moved is not None and 0 <= moved < len(group):
                 log.warning("%d outcomes found their rows already moved", len(group) - moved)

@@ -50,6 +50,7 @@ from app.services import runner
 from app.services.ratelimit import LocalRateLimiter
 from app.services.sender import Sender
 from app.settings import Settings, parse_window
+from tests.factories import clean_tables
 
 SURVEY = os.environ.get("RULES_SURVEY") == "1"
 BROKEN: dict[str, dict[str, str]] = {}  # rule -> kind of message -> an example (survey mode)
@@ -176,7 +177,7 @@ class DayRules(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        _clean(self.engine)
+        clean_tables(self.engine)
         self.provider = ScriptedProvider()
         self.settings = Settings(
             max_attempts=5,
@@ -674,16 +675,6 @@ class DayRules(RuleBasedStateMachine):
                 self.broken("R5", f"{sub.ext} skipped as superseded with no other reminder")
         elif reason == "invalid_phone" and sub.valid:
             self.broken("R5", f"{sub.ext} skipped as invalid_phone with a valid number")
-
-
-def _clean(engine: Engine) -> None:
-    tables = "reminders, daily_runs, opt_outs, templates, subscriptions, customers, organizations"
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        else:
-            for table in tables.split(", "):
-                conn.execute(text(f"DELETE FROM {table}"))
 
 
 def _ledger(engine: Engine, org_ids: list[int] | None) -> list[tuple[Any, ...]]:

@@ -322,9 +322,11 @@ def test_a_date_other_than_today_only_previews(
     assert run(engine, sender, on_date=TODAY)["sent"] == 0  # nothing due today: a plain run
 
 
-def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine: Engine) -> None:
-    """20 texts a second for one sender (booked at 80%: 16/s) and 0.5 s to send them: the
-    slots that fit go out spaced, the rest wait in the ledger with their attempt given back."""
+def _thirty_texts_for_one_sender_at_20_a_second(
+    engine: Engine,
+) -> tuple[RecordingProvider, Sender, list[float]]:
+    """30 texts due now for one sender at 20/s, a sender that waits 0.5 s at most for its
+    slots, and the instants the provider got each text."""
     import time
 
     from app.services.ratelimit import LocalRateLimiter
@@ -347,6 +349,13 @@ def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine:
     provider = Timed()
     s = make_sender(engine, provider)
     s.limiter, s.max_rate_wait = LocalRateLimiter(), 0.5
+    return provider, s, stamps
+
+
+def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine: Engine) -> None:
+    """20 texts a second for one sender (booked at 80%: 16/s) and 0.5 s to send them: the
+    slots that fit go out spaced, the rest wait in the ledger with their attempt given back."""
+    provider, s, stamps = _thirty_texts_for_one_sender_at_20_a_second(engine)
     with engine.begin() as conn:
         plan_day(conn, now=utcnow(), orgs=load_orgs(conn))
     with engine.connect() as conn:
@@ -373,26 +382,7 @@ def test_a_manual_run_waits_for_its_senders_slots_until_every_text_is_out(
 ) -> None:
     """R6, issue 13 case 2: more texts than a sender's rate lets out at once: the run returns
     only when all are sent (it used to stop with the deferred ones still pending)."""
-    import time
-
-    from app.services.ratelimit import LocalRateLimiter
-
-    today = utcnow().date()
-    org = make_org(engine, now=utcnow(), send_window="00:00-00:00", rate=20.0)
-    for i in range(30):
-        add_subscription(
-            engine, org, expires_on=today + timedelta(days=3), phone=f"+1202555{1000 + i}"
-        )
-    stamps: list[float] = []
-
-    class Timed(RecordingProvider):
-        def send(self, to: str, body: str, sender: str | None) -> str:
-            stamps.append(time.monotonic())
-            return super().send(to, body, sender)
-
-    provider = Timed()
-    s = make_sender(engine, provider)
-    s.limiter, s.max_rate_wait = LocalRateLimiter(), 0.5
+    provider, s, stamps = _thirty_texts_for_one_sender_at_20_a_second(engine)
     progress: list[tuple[int, int]] = []
     try:
         summary = runner.run_day(
