@@ -73,20 +73,32 @@ def run_cmd(
         progress.close()
     _previewed_notice(summary, on_date)
     result = summary.as_dict()
+    # Every organization previewed: nothing was sent at all, so it reads as a dry run (R3).
+    all_previewed = bool(summary.previewed) and set(summary.dates) <= set(summary.previewed)
+    if all_previewed:
+        result["planned"] = summary.would_plan
     if as_json:
         if summary.previewed:
-            # Every organization previewed: nothing was sent at all, a dry run (R3).
-            all_previewed = set(summary.dates) <= set(summary.previewed)
             result = {**result, "dry_run": all_previewed, "would_send": summary.would_send}
         echo_json(result)
-    else:
-        for item in summary.would_send:
-            _echo_would_send(item)
+        return _exit(result)
+    for item in summary.would_send:
+        _echo_would_send(item)
+    if all_previewed:
         click.echo(
-            "planned {planned}, sent {sent}, failed {failed}, skipped {skipped}, "
-            "held {held}, retrying {retrying}, unknown {unknown}".format(**result)
-            + _when(summary)
+            f"dry run: {summary.would_plan} would be planned, {len(summary.would_send)} due; "
+            "nothing was written"
         )
+        return None
+    click.echo(
+        "planned {planned}, sent {sent}, failed {failed}, skipped {skipped}, "
+        "held {held}, retrying {retrying}, unknown {unknown}".format(**result)
+        + _when(summary)
+    )
+    return _exit(result)
+
+
+def _exit(result: dict[str, Any]) -> None:
     if result["failed"]:
         raise click.exceptions.Exit(EXIT_FAILED)
 
