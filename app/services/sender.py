@@ -713,9 +713,10 @@ class Sender:
         on the local date it was made for (R3) and inside its window (R4); else it goes back."""
         now = self.clock()
         org = item.org
-        if planning.local_date(now, org.timezone) != item.today:
+        local = planning.local_now(now, org.timezone)
+        if local.date() != item.today:
             return Outcome(item.row, org, "deferred", {"next_attempt_at": now})
-        if not item.ignore_window and not planning.in_send_window(now, org.timezone, org.window):
+        if not item.ignore_window and not planning.in_window(local.time(), org.window):
             opens = planning.next_window_open(now, org.timezone, org.window)
             return Outcome(item.row, org, "held", {"next_attempt_at": opens})
         return None
