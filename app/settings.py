@@ -153,6 +153,11 @@ class Settings:
     retention_days: int = _env("REMINDER_RETENTION_DAYS", _positive_int, 365)
     # A row claimed longer ago than this by a worker that never reported back is an unknown outcome.
     stale_sending_seconds: float = _env("REMINDER_STALE_SENDING_SECONDS", _positive_float, 900.0)
+    # Reconciliation asks the provider for an uncertain text; not found this long after its
+    # attempt (the provider's list can lag its accepts), it counts as not sent.
+    reconcile_delay_seconds: float = _env(
+        "REMINDER_RECONCILE_DELAY_SECONDS", _non_negative_float, 300.0
+    )
     celery_broker_url: str | None = _env("CELERY_BROKER_URL", _optional_text, None, secret=True)
     redis_url: str | None = _env("REDIS_URL", _optional_text, None, secret=True)
     redis_host: str = _env("REDIS_HOST", _text, "127.0.0.1")

@@ -10,7 +10,7 @@ import click
 from app.cli.common import echo_json, engine, now, parse_date, settings
 from app.logs import configure_logging
 from app.providers import build_provider, check_provider_settings
-from app.services.reconcile import DEFAULT_SAFE_DELAY_SECONDS, reconcile
+from app.services.reconcile import reconcile
 
 
 @click.command("webhook")
@@ -31,12 +31,12 @@ def webhook_cmd(host: str, port: int) -> None:
 @click.option(
     "--safe-delay",
     type=click.FloatRange(min=0),
-    default=DEFAULT_SAFE_DELAY_SECONDS,
-    show_default=True,
-    help="Seconds after an attempt before a text missing at the provider counts as not sent.",
+    default=None,
+    help="Seconds after an attempt before a text missing at the provider counts as not sent "
+    "(default: REMINDER_RECONCILE_DELAY_SECONDS, 300).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def reconcile_cmd(since: date | None, safe_delay: float, as_json: bool) -> None:
+def reconcile_cmd(since: date | None, safe_delay: float | None, as_json: bool) -> None:
     """Settle texts whose outcome is unknown by asking the provider."""
     s = settings()
     check_provider_settings(s)
@@ -49,7 +49,7 @@ def reconcile_cmd(since: date | None, safe_delay: float, as_json: bool) -> None:
             now=now(),
             stale_sending_seconds=s.stale_sending_seconds,
             since=since,
-            safe_delay_seconds=safe_delay,
+            safe_delay_seconds=s.reconcile_delay_seconds if safe_delay is None else safe_delay,
         )
     finally:
         close = getattr(provider, "close", None)

@@ -329,7 +329,7 @@ def sweep() -> dict[str, int]:
 @_task(name="app.tasks.scheduler.reconcile_unknown", **_limits("reconcile"))
 def reconcile_unknown(safe_delay_seconds: float | None = None) -> dict[str, int]:
     """Beat: settle ``unknown`` and stale ``sending`` rows by asking the provider."""
-    from app.services.reconcile import DEFAULT_SAFE_DELAY_SECONDS, reconcile
+    from app.services.reconcile import reconcile
 
     rt = runtime.current()
     report = reconcile(
@@ -338,7 +338,9 @@ def reconcile_unknown(safe_delay_seconds: float | None = None) -> dict[str, int]
         now=utcnow(),
         stale_sending_seconds=rt.settings.stale_sending_seconds,
         safe_delay_seconds=(
-            DEFAULT_SAFE_DELAY_SECONDS if safe_delay_seconds is None else safe_delay_seconds
+            rt.settings.reconcile_delay_seconds
+            if safe_delay_seconds is None
+            else safe_delay_seconds
         ),
     )
     if report.checked:

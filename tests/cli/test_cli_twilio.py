@@ -96,3 +96,16 @@ def test_a_run_with_failed_texts_finishes_and_exits_3(
     assert result.code == 3, result.err
     summary = json.loads(result.out)
     assert (summary["sent"], summary["failed"]) == (1, 1)
+
+
+def test_reconcile_delay_comes_from_its_setting(cli: Cli, db: Engine, fake: FakeTwilio) -> None:
+    org = make_org(db)
+    rid = make_row(db, org, status="unknown", claimed_at=datetime.now(UTC) - timedelta(seconds=10))
+
+    assert cli.json("reconcile", env=twilio_env(fake))["waiting"] == 1  # 300 s by default
+    assert get_row(db, rid).status == "unknown"
+    env = {**twilio_env(fake), "REMINDER_RECONCILE_DELAY_SECONDS": "5"}
+    assert cli.json("reconcile", env=env)["retried"] == 1
+    assert get_row(db, rid).status == "pending"
+    bad = cli("reconcile", env={**env, "REMINDER_RECONCILE_DELAY_SECONDS": "soon"}).error
+    assert bad.startswith("error: REMINDER_RECONCILE_DELAY_SECONDS='soon'")
