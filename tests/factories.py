@@ -102,7 +102,7 @@ class RecordingProvider:
     script: dict[str, list[Callable[[], None]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send(self, to: str, body: str, sender: str | None) -> str:
+    def send(self, to: str, body: str, sender: str | None, *, valid_for: int | None = None) -> str:
         with self.lock:
             steps = self.script.get(to)
             step = steps.pop(0) if steps else None

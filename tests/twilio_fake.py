@@ -68,6 +68,7 @@ class Recorded:
     messaging_service_sid: str | None
     status_callback: str | None
     date_created: datetime
+    validity_period: str | None = None
     status: str = "queued"
     date_sent: datetime | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -253,6 +254,7 @@ class FakeTwilio:
             messaging_service_sid=form.get("MessagingServiceSid"),
             status_callback=form.get("StatusCallback"),
             date_created=now,
+            validity_period=form.get("ValidityPeriod"),
             status="accepted" if form.get("MessagingServiceSid") else "queued",
             received=time.monotonic() if received is None else received,
         )

@@ -116,6 +116,34 @@ def hold_until(conn: Connection, ids: Sequence[int], *, until: datetime, now: da
     return result.rowcount or 0
 
 
+def requeue_expired(
+    conn: Connection, row_id: int, *, message_sid: str, until: datetime, now: datetime
+) -> bool:
+    """A text the provider dropped from its queue unsent (Twilio's 30036: its validity period,
+    the window's close, passed) waits for the next opening instead of counting as sent."""
+    result = conn.execute(
+        update(Reminder)
+        .where(
+            Reminder.id == row_id,
+            Reminder.status == "sent",
+            Reminder.provider_message_id == message_sid,
+        )
+        .values(
+            status="pending",
+            reason=HELD,
+            next_attempt_at=until,
+            provider_message_id=None,
+            delivery_status=None,
+            sent_at=None,
+            error_code="30036",
+            error_message="expired in the provider's queue before the window closed; "
+            "sent again when it opens",
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)
+
+
 def claim(
     conn: Connection, ids: Sequence[int], *, now: datetime, release_held: bool = False
 ) -> list[int]:

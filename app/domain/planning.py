@@ -91,6 +91,20 @@ def _at_local(day: date, moment: time, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, moment, tzinfo=tz).astimezone(UTC)
 
 
+def window_closes_in(now: datetime, tz: str, window: tuple[time, time]) -> float | None:
+    """Seconds from ``now`` (inside the window) until it closes; None for an all-day window."""
+    start, end = window
+    if start == end:
+        return None
+    zi = zone(tz)
+    today = now.astimezone(zi).date()
+    for offset in (0, 1):
+        closing = _at_local(today + timedelta(days=offset), end, zi)
+        if closing > now:
+            return (closing - now).total_seconds()
+    raise AssertionError("a send window closes within a day")  # pragma: no cover
+
+
 def next_window_open(now: datetime, tz: str, window: tuple[time, time]) -> datetime:
     """``now`` if inside the window, else the UTC instant the window next opens."""
     if in_send_window(now, tz, window):

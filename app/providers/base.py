@@ -56,13 +56,19 @@ class SentMessage:
 
 
 class SmsProvider(Protocol):
-    """``send`` returns the provider's message id. Implementations must be thread-safe."""
+    """``send`` returns the provider's message id. Implementations must be thread-safe.
+
+    ``valid_for`` is how many seconds the text may wait in the provider's own queue before it
+    must be dropped (the organization's window closes then); None means no limit of ours.
+    """
 
     name: str
     #: True when ``find_sent`` can say whether a message went out (reconciliation is possible).
     can_reconcile: bool
 
-    def send(self, to: str, body: str, sender: str | None) -> str: ...
+    def send(
+        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+    ) -> str: ...
 
     def find_sent(
         self, *, to: str, body: str, sender: str | None, since: datetime

@@ -25,7 +25,7 @@ class ConsoleProvider:
         self._output_path = output_path
         self._lock = threading.Lock()
 
-    def send(self, to: str, body: str, sender: str | None) -> str:
+    def send(self, to: str, body: str, sender: str | None, *, valid_for: int | None = None) -> str:
         message_id = "CONSOLE-" + uuid.uuid4().hex
         one_line = body.replace("\n", " ⏎ ")
         if self._output_path:

@@ -41,6 +41,8 @@ from app.providers.base import (
 from app.providers.twilio_async import AsyncHttpClient, last_retry_after
 from app.settings import Settings
 
+# Twilio's longest validity period (its default): a text older than this is never delivered.
+MAX_VALIDITY_SECONDS = 36_000
 log = logging.getLogger("app.sms.twilio")
 
 STATUS_CALLBACK_PATH = "/twilio/status"
@@ -212,8 +214,8 @@ class TwilioProvider:
             # The loop is shared: close this client's session on it and leave it running.
             self._loop.submit(self._async_http.close()).result(timeout=5)
 
-    def send(self, to: str, body: str, sender: str | None) -> str:
-        future = self._loop.submit(self.send_async(to, body, sender))
+    def send(self, to: str, body: str, sender: str | None, *, valid_for: int | None = None) -> str:
+        future = self._loop.submit(self.send_async(to, body, sender, valid_for=valid_for))
         try:
             return future.result(timeout=self._deadline + 1.0)
         except concurrent.futures.TimeoutError:
@@ -222,8 +224,14 @@ class TwilioProvider:
                 "no answer from the Twilio send loop in time: the text may have been accepted"
             ) from None
 
-    async def send_async(self, to: str, body: str, sender: str | None) -> str:
-        """``send``, awaited on the shared loop (the engine's path: no thread per send)."""
+    async def send_async(
+        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+    ) -> str:
+        """``send``, awaited on the shared loop (the engine's path: no thread per send).
+
+        Twilio queues texts above a sender's rate for up to 10 hours and then delivers them,
+        window or not: ``ValidityPeriod`` makes it drop one the window would refuse (it then
+        reports error 30036, and the text waits for the next opening in the ledger)."""
         fields = sender_fields(sender, self._settings)
         data: dict[str, object] = {"To": to}
         if self._status_callback:
@@ -233,6 +241,8 @@ class TwilioProvider:
         else:
             data["MessagingServiceSid"] = fields["messaging_service_sid"]
         data["Body"] = body
+        if valid_for is not None:
+            data["ValidityPeriod"] = max(1, min(MAX_VALIDITY_SECONDS, valid_for))
         try:
             async with asyncio.timeout(self._deadline):
                 return await self._create(data)

@@ -14,6 +14,7 @@ that reconciliation settles (never a blind resend).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import deque
@@ -233,7 +234,7 @@ class Sender:
         self._open_changed = threading.Condition()
         self._inflight: asyncio.Semaphore | None = None  # made on the loop, for the process
         send_async = getattr(provider, "send_async", None)
-        self._send_async: Callable[[str, str, str | None], Awaitable[str]] | None = (
+        self._send_async: Callable[..., Awaitable[str]] | None = (
             send_async if callable(send_async) else None
         )
 
@@ -721,18 +722,29 @@ class Sender:
             return Outcome(item.row, org, "held", {"next_attempt_at": opens})
         return None
 
+    def _valid_for(self, item: Ready) -> int | None:
+        """How long the provider may queue this text: until its window closes (R4)."""
+        if item.ignore_window:
+            return None
+        left = planning.window_closes_in(self.clock(), item.org.timezone, item.org.window)
+        return None if left is None else max(1, int(left))
+
     async def _deliver(self, item: Ready) -> Outcome:
         row, org, text = item.row, item.org, item.text
         assert row.phone_e164 is not None
         back = self._still_true(item)
         if back is not None:
             return back
+        valid_for = self._valid_for(item)
         try:
             if self._send_async is not None:
-                message_id = await self._send_async(row.phone_e164, item.body, org.sender)
+                message_id = await self._send_async(
+                    row.phone_e164, item.body, org.sender, valid_for=valid_for
+                )
             else:
+                send = functools.partial(self.provider.send, valid_for=valid_for)
                 message_id = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self.provider.send, row.phone_e164, item.body, org.sender
+                    self._pool, send, row.phone_e164, item.body, org.sender
                 )
         except TransientError as exc:
             return self._retry_or_fail(row, org, exc, text)

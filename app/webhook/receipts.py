@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Engine, delete, or_, select, update
 
 from app.db import ledger
 from app.db.models import OptOut, Organization, Reminder
+from app.domain import planning
 from app.domain.phones import mask_phone
 from app.settings import Settings
 
@@ -34,6 +35,9 @@ DELIVERY_RANK = {
     "read": 5,
 }
 
+# Twilio's "message expired": its validity period passed while it waited in Twilio's queue.
+EXPIRED_IN_QUEUE = "30036"
+
 OPT_OUT_KEYWORDS = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
 )
@@ -47,6 +51,8 @@ def record_delivery(
     engine: Engine, *, message_sid: str, status: str, error_code: str | None, now: datetime
 ) -> bool:
     """Store a status callback on the ledger row with that SID; False if nothing moved."""
+    if status == "failed" and error_code == EXPIRED_IN_QUEUE:
+        return _requeue_expired(engine, message_sid=message_sid, now=now)
     rank = DELIVERY_RANK.get(status)
     if rank is None:
         return False
@@ -70,6 +76,34 @@ def record_delivery(
         message_sid,
         f" code={error_code}" if error_code else "",
         "" if moved else " (no change: unknown SID or not newer)",
+    )
+    return moved
+
+
+def _requeue_expired(engine: Engine, *, message_sid: str, now: datetime) -> bool:
+    with engine.begin() as conn:
+        found = conn.execute(
+            select(
+                Reminder.id,
+                Organization.timezone,
+                Organization.window_start,
+                Organization.window_end,
+            )
+            .join(Organization, Organization.id == Reminder.org_id)
+            .where(Reminder.provider_message_id == message_sid)
+        ).first()
+        if found is None:
+            moved = False
+        else:
+            row_id, tz, start, end = found
+            until = planning.next_window_open(now, tz, (start, end))
+            moved = ledger.requeue_expired(
+                conn, row_id, message_sid=message_sid, until=until, now=now
+            )
+    log.warning(
+        "text %s expired in Twilio's queue (30036)%s",
+        message_sid,
+        ": it waits for the next opening" if moved else " (no change: unknown SID or not sent)",
     )
     return moved
 

@@ -142,7 +142,9 @@ def test_two_workers_take_turns_on_one_senders_rate(pg_engine: Engine) -> None:
     class Timed(RecordingProvider):
         who: int = 0
 
-        def send(self, to: str, body: str, sender: str | None) -> str:
+        def send(
+            self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        ) -> str:
             with self.lock:
                 stamps.append((self.who, time.monotonic()))
             return super().send(to, body, sender)
@@ -215,7 +217,9 @@ def test_one_process_sends_batches_for_different_senders_side_by_side(
     stamps: dict[str | None, list[float]] = {}
 
     class Timed(RecordingProvider):
-        def send(self, to: str, body: str, sender: str | None) -> str:
+        def send(
+            self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        ) -> str:
             with self.lock:
                 stamps.setdefault(sender, []).append(time.monotonic())
             return super().send(to, body, sender)

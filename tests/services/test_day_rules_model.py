@@ -119,7 +119,7 @@ class ScriptedProvider:
         self.script: dict[str, list[str]] = {}
         self.console = ConsoleProvider()
 
-    def send(self, to: str, body: str, sender: str | None) -> str:
+    def send(self, to: str, body: str, sender: str | None, *, valid_for: int | None = None) -> str:
         with self.lock:
             steps = self.script.get(to)
             step = steps.pop(0) if steps else None

@@ -342,7 +342,9 @@ def _thirty_texts_for_one_sender_at_20_a_second(
     stamps: list[float] = []
 
     class Timed(RecordingProvider):
-        def send(self, to: str, body: str, sender: str | None) -> str:
+        def send(
+            self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        ) -> str:
             stamps.append(time.monotonic())
             return super().send(to, body, sender)
 
@@ -415,7 +417,9 @@ def test_a_process_slower_than_its_senders_defers_nothing(engine: Engine) -> Non
             add_subscription(engine, org, expires_on=today + timedelta(days=3), phone=phone)
 
     class Slow(RecordingProvider):
-        def send(self, to: str, body: str, sender: str | None) -> str:
+        def send(
+            self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        ) -> str:
             time.sleep(0.04)
             return super().send(to, body, sender)
 
@@ -446,7 +450,9 @@ def test_a_stalled_sender_books_fresh_slots_instead_of_bursting(engine: Engine) 
     stamps: list[float] = []
 
     class Stalling(RecordingProvider):
-        def send(self, to: str, body: str, sender: str | None) -> str:
+        def send(
+            self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        ) -> str:
             stamps.append(time.monotonic())
             if len(stamps) == 1:
                 time.sleep(0.4)  # the process stalls: the next slots all pass

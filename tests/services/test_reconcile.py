@@ -15,6 +15,7 @@ from app.providers.twilio import TwilioProvider
 from app.services.reconcile import ReconcileReport, reconcile
 from app.services.sender import Sender
 from app.settings import Settings
+from tests import factories
 from tests.ledger_rows import get_row, make_org, make_row
 from tests.twilio_fake import Behaviour, FakeTwilio
 
@@ -217,3 +218,28 @@ def test_read_timeout_through_the_engine_then_reconcile_never_sends_twice(
     finally:
         sender.close()
         provider.close()
+
+
+def test_a_twilio_send_may_wait_in_twilios_queue_only_until_the_window_closes(
+    engine: Engine, fake: FakeTwilio
+) -> None:
+    """R4 at the provider: Twilio delivers texts queued above a sender's rate up to 10 hours
+    late; ValidityPeriod makes it drop one the window would refuse."""
+    settings = settings_for(fake)
+    provider = TwilioProvider(settings)
+    now = datetime.now(UTC)
+    closes = (now + timedelta(hours=2)).replace(second=0, microsecond=0)
+    window = f"{(now - timedelta(hours=1)):%H:%M}-{closes:%H:%M}"
+    org = factories.make_org(engine, "windowed", now=now, send_window=window, send_time=window[:5])
+    all_day = make_org(engine)
+    ids = [make_row(engine, org), make_row(engine, all_day, phone="+14155550142")]
+    sender = Sender(engine=engine, provider=provider, settings=settings)
+    try:
+        assert sender.send_ids(ids).sent == 2
+    finally:
+        sender.close()
+        provider.close()
+    by_to = {m.to: m for m in fake.messages}
+    left = (closes - now).total_seconds()
+    assert left - 30 <= int(by_to[TO].validity_period or 0) <= left
+    assert by_to["+14155550142"].validity_period is None  # all day: Twilio's own 10 hours

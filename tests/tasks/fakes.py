@@ -33,7 +33,7 @@ class ScriptedProvider:
         )
         self._lock = threading.Lock()
 
-    def send(self, to: str, body: str, sender: str | None) -> str:
+    def send(self, to: str, body: str, sender: str | None, *, valid_for: int | None = None) -> str:
         plan = self.script.get(to)
         if plan:
             with self._lock, self.attempts.open("a+", encoding="utf-8") as log:

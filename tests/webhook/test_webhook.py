@@ -16,6 +16,7 @@ from app.db.models import OptOut
 from app.errors import ConfigError
 from app.settings import Settings
 from app.webhook.server import make_webhook_server
+from tests import factories
 from tests.ledger_rows import get_row, make_org, make_row
 
 TOKEN = "webhook-test-token-0123456789"
@@ -140,6 +141,27 @@ def test_failed_delivery_keeps_the_error_code(engine: Engine, client: Client) ->
     client.status("undelivered", code="30003")
     row = get_row(engine, rid)
     assert (row.delivery_status, row.error_code) == ("undelivered", "30003")
+
+
+def test_a_text_expired_in_twilios_queue_waits_for_the_next_opening(
+    engine: Engine, client: Client
+) -> None:
+    """30036: Twilio dropped it when its validity (the window's close) ran out: it was never
+    delivered, so it goes back to the ledger for the next opening instead of counting as sent."""
+    org = factories.make_org(
+        engine, "paris", tz="Europe/Paris", now=datetime.now(UTC), send_window="08:00-21:00"
+    )
+    rid = make_row(engine, org, status="sent", provider_message_id=SID)
+
+    with freeze_time("2030-01-02 20:30:00"):  # 21:30 in Paris: closed
+        assert client.status("failed", code="30036").status_code == 204
+
+    row = get_row(engine, rid)
+    assert (row.status, row.reason, row.error_code) == ("pending", "held", "30036")
+    assert row.next_attempt_at == datetime(2030, 1, 3, 7, 0, tzinfo=UTC)  # 08:00 in Paris
+    assert row.provider_message_id is None and row.delivery_status is None
+    assert client.status("failed", code="30036").status_code == 204  # repeated: no change
+    assert get_row(engine, rid).status == "pending"
 
 
 def test_late_and_repeated_callbacks_never_move_backwards(engine: Engine, client: Client) -> None:
