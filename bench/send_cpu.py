@@ -23,15 +23,17 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import insert  # noqa: E402
-
 from app.db import ledger  # noqa: E402
 from app.db.migrate import upgrade  # noqa: E402
-from app.db.models import Customer, Subscription  # noqa: E402
 from app.db.session import dispose_engines, get_engine  # noqa: E402
 from app.domain.planning import utcnow  # noqa: E402
 from app.services.engine import load_orgs, plan_day  # noqa: E402
-from tests.factories import RecordingProvider, make_org, make_sender  # noqa: E402
+from tests.factories import (  # noqa: E402
+    RecordingProvider,
+    add_subscription,
+    make_org,
+    make_sender,
+)
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -49,24 +51,10 @@ def main() -> None:
         engine = get_engine(url)
         org = make_org(engine, now=utcnow(), send_window="00:00-00:00")
         expires = utcnow().date() + timedelta(days=3)
-        with engine.begin() as conn:
-            for i in range(n):
-                phone = f"+1202{i:07d}"
-                cid = conn.execute(
-                    insert(Customer).values(
-                        org_id=org, external_id=f"c{i}", name="N", phone=phone, phone_e164=phone
-                    )
-                ).inserted_primary_key[0]
-                conn.execute(
-                    insert(Subscription).values(
-                        org_id=org,
-                        customer_id=cid,
-                        external_id=f"s{i}",
-                        plan="Gold",
-                        expires_on=expires,
-                        status="active",
-                    )
-                )
+        for i in range(n):
+            add_subscription(
+                engine, org, expires_on=expires, phone=f"+1415{2_000_000 + i}", ext=f"{i}"
+            )
         sender = make_sender(engine, RecordingProvider())
         t0 = time.process_time()
         with engine.begin() as conn:

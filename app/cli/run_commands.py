@@ -71,36 +71,31 @@ def run_cmd(
     finally:
         sender.close()
         progress.close()
-    _previewed_notice(summary, on_date)
+    if on_date is not None:
+        _not_today_notice(on_date, summary.previewed, "planned and previewed for it as a dry run")
     result = summary.as_dict()
-    # Every organization previewed: nothing was sent at all, so it reads as a dry run (R3).
-    all_previewed = bool(summary.previewed) and set(summary.dates) <= set(summary.previewed)
-    if all_previewed:
-        result["planned"] = summary.would_plan
     if as_json:
-        if summary.previewed:
-            result = {**result, "dry_run": all_previewed, "would_send": summary.would_send}
         echo_json(result)
-        return _exit(result)
+    else:
+        _echo_summary(summary, result)
+    if result["failed"]:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _echo_summary(summary: runner.RunSummary, result: dict[str, Any]) -> None:
     for item in summary.would_send:
         _echo_would_send(item)
-    if all_previewed:
+    if summary.dry_run:
         click.echo(
             f"dry run: {summary.would_plan} would be planned, {len(summary.would_send)} due; "
             "nothing was written"
         )
-        return None
+        return
     click.echo(
         "planned {planned}, sent {sent}, failed {failed}, skipped {skipped}, "
         "held {held}, retrying {retrying}, unknown {unknown}".format(**result)
         + _when(summary)
     )
-    return _exit(result)
-
-
-def _exit(result: dict[str, Any]) -> None:
-    if result["failed"]:
-        raise click.exceptions.Exit(EXIT_FAILED)
 
 
 # `reminders run` exits with this when some texts failed (a provider refused them, or their
@@ -113,15 +108,15 @@ def _echo_would_send(item: dict[str, Any]) -> None:
     click.echo(f"{state} {item['org']} {item['phone']} [{item['lead_days']}d]: {item['body']}")
 
 
-def _previewed_notice(summary: runner.RunSummary, on_date: date | None) -> None:
-    """R3: one line saying that a --date other than today only previews."""
-    if not summary.previewed or on_date is None:
+def _not_today_notice(on_date: date, todays: dict[str, str], what: str) -> None:
+    """R3: one line saying that a --date other than these organizations' today only previews
+    (``todays``: slug -> its real today)."""
+    if not todays:
         return
-    todays = sorted(set(summary.previewed.values()))
     click.echo(
-        f"note: {on_date} is not today in {', '.join(summary.previewed)} (today: "
-        f"{', '.join(todays)}): planned and previewed for it as a dry run; nothing was sent "
-        "or written for it",
+        f"note: {on_date} is not today in {', '.join(sorted(todays))} (today: "
+        f"{', '.join(sorted(set(todays.values())))}): {what}; nothing was sent or written "
+        "for it",
         err=True,
     )
 
@@ -174,15 +169,11 @@ def _enqueue(
     from app.tasks.client import enqueue_day, wait_day
 
     resolved = runner.resolve_orgs(engine(), orgs)  # an unknown slug fails here, before the broker
-    _, previewed = runner.split_by_date(resolved, now=now(), on_date=on_date)
-    if previewed and on_date is not None:
-        todays = ", ".join(sorted({o.today(now()).isoformat() for o in previewed.values()}))
-        slugs = ", ".join(sorted(o.slug for o in previewed.values()))
-        click.echo(
-            f"note: {on_date} is not today in {slugs} (today: {todays}): the workers only "
-            "preview it; nothing is sent for it",
-            err=True,
-        )
+    if on_date is not None:
+        at = now()
+        _, previewed = runner.split_by_date(resolved, now=at, on_date=on_date)
+        todays = {o.slug: o.today(at).isoformat() for o in previewed.values()}
+        _not_today_notice(on_date, todays, "the workers only preview it")
     task_id = enqueue_day(on_date=on_date, org_slugs=orgs)
     if not wait:
         if as_json:

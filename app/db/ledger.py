@@ -81,15 +81,13 @@ def next_attempt(conn: Connection, *, org_ids: Iterable[int], reason: str) -> da
     return conn.execute(stmt).scalar()
 
 
-def held_until(conn: Connection, *, org_ids: Iterable[int] | None = None) -> dict[int, datetime]:
+def held_until(conn: Connection) -> dict[int, datetime]:
     """Per organization, when its held texts' window opens (the earliest)."""
     stmt = (
         select(Reminder.org_id, func.min(Reminder.next_attempt_at))
         .where(Reminder.status == "pending", Reminder.reason == HELD)
         .group_by(Reminder.org_id)
     )
-    if org_ids is not None:
-        stmt = stmt.where(Reminder.org_id.in_(list(org_ids)))
     return {org_id: at for org_id, at in conn.execute(stmt) if at is not None}
 
 

@@ -1,7 +1,8 @@
 """The day's rules, as plain functions over the ledger's facts (README, "The rules").
 
-Planning, the sender and the manual run all decide through these, so the rules hold whichever
-path a text takes. Each is checked by a property-based test against a small reference model
+The sender decides each text through these just before it goes out, and the manual run and
+the daily task decide which dates are sent for, so the rules hold whichever path a text takes.
+Each is checked by a property-based test against a small reference model
 (tests/domain/test_rules.py) and the whole engine by tests/services/test_day_rules_model.py.
 
 R1 once per lead · R2 never backwards · R3 true when it leaves · R4 inside the window ·
@@ -80,11 +81,11 @@ def decide(facts: RowFacts, *, today: date, leads: Iterable[int]) -> Send | Skip
     if facts.opted_out:
         return Skip("opted_out")
     days_left = (facts.expires_on - today).days
-    lead = text_lead(days_left, leads)
     if days_left < 0:
         return Skip("expired")
     if facts.nearest_sent is not None and facts.nearest_sent <= days_left:
         return Skip(f"superseded: a nearer text ({facts.nearest_sent} days left)")
+    lead = text_lead(days_left, leads)
     if lead is None:
         return Skip(f"not_due: {days_left} days left is beyond the lead days")
     return Send(days_left=days_left, lead=lead)

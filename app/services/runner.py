@@ -30,11 +30,16 @@ class RunSummary:
     previewed: dict[str, str] = field(default_factory=dict)
     would_plan: int = 0  # rows a preview would have planned
 
+    @property
+    def dry_run(self) -> bool:
+        """Every organization was only previewed: nothing was sent at all (R3)."""
+        return bool(self.previewed) and set(self.dates) <= set(self.previewed)
+
     def as_dict(self) -> dict[str, Any]:
         retry = min(self.send.retry_at, default=None)
-        return {
+        result: dict[str, Any] = {
             "dates": self.dates,
-            "planned": self.plan.planned,
+            "planned": self.would_plan if self.dry_run else self.plan.planned,
             "sent": self.send.sent,
             "failed": self.plan.failed + self.send.failed,
             "skipped": self.plan.skipped + self.send.skipped,
@@ -46,6 +51,9 @@ class RunSummary:
             "taken_by_others": self.send.lost,
             "previewed": self.previewed,
         }
+        if self.previewed:
+            result.update(dry_run=self.dry_run, would_send=self.would_send)
+        return result
 
 
 # Called about every second while a run sends or waits: the counts so far, and how many texts
@@ -98,7 +106,9 @@ def run_day(
     sending, previewed = split_by_date(orgs, now=now, on_date=on_date)
     summary = RunSummary()
     if previewed:
-        preview = _preview(engine, previewed, now=now, on_date=on_date, ignore_window=ignore_window)
+        preview = preview_plan(
+            engine, previewed, now=now, on_date=on_date, ignore_window=ignore_window
+        )
         summary.would_send, summary.would_plan = preview.would_send, preview.plan.planned
         summary.previewed = {
             o.slug: o.today(now).isoformat()
@@ -134,19 +144,22 @@ def run_day(
     while True:
         with engine.connect() as conn:
             at = ledger.next_attempt(conn, org_ids=sending, reason=ledger.DEFERRED)
-            ids = ledger.due_ids(
-                conn,
-                now=sender.clock(),
-                org_ids=sending,
-                limit=batch_size,
-                reason=ledger.DEFERRED,
-            )
+            if at is None:
+                break
+            wait = (at - sender.clock()).total_seconds()
+            ids = []
+            if wait <= 0:
+                ids = ledger.due_ids(
+                    conn,
+                    now=sender.clock(),
+                    org_ids=sending,
+                    limit=batch_size,
+                    reason=ledger.DEFERRED,
+                )
         if ids:
             send.batch(ids)
-        elif at is None:
-            break
         else:
-            send.wait(min(max((at - sender.clock()).total_seconds(), 0.05), 1.0))
+            send.wait(min(max(wait, 0.05), 1.0))
     send.report_progress()
     return summary
 
@@ -205,19 +218,21 @@ def dry_run(
 ) -> RunSummary:
     """Plan inside a transaction that is rolled back: shows what would go out, writes nothing."""
     orgs = resolve_orgs(engine, slugs)
-    summary = _preview(engine, orgs, now=now, on_date=on_date, ignore_window=ignore_window)
+    summary = preview_plan(engine, orgs, now=now, on_date=on_date, ignore_window=ignore_window)
     summary.dates = {o.slug: o.today(now, on_date).isoformat() for o in orgs.values()}
     return summary
 
 
-def _preview(
+def preview_plan(
     engine: Engine,
     orgs: dict[int, OrgConfig],
     *,
     now: datetime,
     on_date: date | None,
-    ignore_window: bool,
+    ignore_window: bool = False,
 ) -> RunSummary:
+    """These organizations' plan for ``on_date`` (default: today) and what would go out, in a
+    transaction that is rolled back."""
     summary = RunSummary()
     with engine.connect() as conn:
         trans = conn.begin()

@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -96,7 +96,11 @@ class SendReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.retry_at.extend(other.retry_at)
         for slug, opens in other.held_until.items():
-            self.held_until[slug] = min(opens, self.held_until.get(slug, opens))
+            self.note_held(slug, opens)
+
+    def note_held(self, slug: str, opens: datetime) -> None:
+        """Texts of ``slug`` wait for its window: the earliest opening is what a user needs."""
+        self.held_until[slug] = min(opens, self.held_until.get(slug, opens))
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,8 @@ _KEEP_UNLESS_SET = (
 # A text sent with its planned body sets only these (and clears any earlier error).
 _SENT_COLUMNS = frozenset({"provider_message_id", "sent_at"})
 _SENT_AS_PLANNED = "sent as planned"
+# Outcomes of texts that were not tried, and the reason their rows wait with.
+_PUT_BACK = {"deferred": ledger.DEFERRED, "held": ledger.HELD}
 
 
 class _Lane:
@@ -311,7 +317,7 @@ class Sender:
                 org = orgs[org_id]
                 opens = planning.next_window_open(now, org.timezone, org.window)
                 report.held += ledger.hold_until(conn, rids, until=opens, now=now)
-                report.held_until[org.slug] = opens
+                report.note_held(org.slug, opens)
                 log.info(
                     "held %d texts of %s until the send window opens at %s",
                     len(rids),
@@ -465,9 +471,7 @@ class Sender:
             org = orgs[row.org_id]
             try:
                 today = planning.local_date(now, org.timezone)
-                item = self._prepare_one(conn, row, org, book, today, now)
-                if isinstance(item, Ready) and ignore_window:
-                    item = replace(item, ignore_window=True)
+                item = self._prepare_one(conn, row, org, book, today, now, ignore_window)
             except Exception:
                 # Nothing was sent: the row goes back for another attempt, loudly.
                 log.exception("unexpected error preparing ledger row %d of %s", row.id, org.slug)
@@ -497,6 +501,7 @@ class Sender:
         book: TemplateBook,
         today: date,
         now: datetime,
+        ignore_window: bool,
     ) -> Ready | Outcome:
         decision = rules.decide(
             rules.RowFacts(
@@ -543,7 +548,7 @@ class Sender:
                 "encoding": info.encoding,
             }
         rate = (org.rate_per_second or self.settings.rate_per_second) * RATE_MARGIN
-        return Ready(row, org, body, text, self.rate_key(org), rate, today, False)
+        return Ready(row, org, body, text, self.rate_key(org), rate, today, ignore_window)
 
     async def _send_batch(self, ready: list[Ready], done: _Batch) -> None:
         """Each sender's texts are paced by their own coroutine; at most SMS_CONCURRENCY texts
@@ -709,10 +714,10 @@ class Sender:
             inflight.release()
         done.put(outcome)
 
-    def _still_true(self, item: Ready) -> Outcome | None:
+    @staticmethod
+    def _still_true(item: Ready, now: datetime) -> Outcome | None:
         """Checked just before the request (a text may wait seconds for its slot): it goes only
         on the local date it was made for (R3) and inside its window (R4); else it goes back."""
-        now = self.clock()
         org = item.org
         local = planning.local_now(now, org.timezone)
         if local.date() != item.today:
@@ -722,20 +727,22 @@ class Sender:
             return Outcome(item.row, org, "held", {"next_attempt_at": opens})
         return None
 
-    def _valid_for(self, item: Ready) -> int | None:
+    @staticmethod
+    def _valid_for(item: Ready, now: datetime) -> int | None:
         """How long the provider may queue this text: until its window closes (R4)."""
         if item.ignore_window:
             return None
-        left = planning.window_closes_in(self.clock(), item.org.timezone, item.org.window)
+        left = planning.window_closes_in(now, item.org.timezone, item.org.window)
         return None if left is None else max(1, int(left))
 
     async def _deliver(self, item: Ready) -> Outcome:
         row, org, text = item.row, item.org, item.text
         assert row.phone_e164 is not None
-        back = self._still_true(item)
+        now = self.clock()
+        back = self._still_true(item, now)
         if back is not None:
             return back
-        valid_for = self._valid_for(item)
+        valid_for = self._valid_for(item, now)
         try:
             if self._send_async is not None:
                 message_id = await self._send_async(
@@ -787,12 +794,12 @@ class Sender:
         Returns what adds one written outcome to its batch's report."""
         now = self.clock()
         by_status: dict[str, list[tuple[Outcome, dict[str, Any]]]] = {}
-        deferred: dict[datetime, list[Outcome]] = {}
-        held: dict[datetime, list[Outcome]] = {}
+        # Rows not tried, by the reason they wait with and until when.
+        put_back: dict[tuple[str, datetime], list[Outcome]] = {}
         for o in outcomes:
-            if o.status in ("deferred", "held"):
-                back = deferred if o.status == "deferred" else held
-                back.setdefault(o.values["next_attempt_at"], []).append(o)
+            if o.status in _PUT_BACK:
+                key = (_PUT_BACK[o.status], o.values["next_attempt_at"])
+                put_back.setdefault(key, []).append(o)
                 continue
             if o.status == "sent" and o.values.keys() <= _SENT_COLUMNS:
                 # The common case, written with a statement of three parameters a row.
@@ -820,16 +827,15 @@ class Sender:
                 (group, conn.execute(_outcome_update(status, now), [p for _, p in group]).rowcount)
                 for status, group in by_status.items()
             ]
-            for reason, back in ((ledger.DEFERRED, deferred), (ledger.HELD, held)):
-                moves += [
-                    (
-                        [(o, {}) for o in group],
-                        ledger.put_back(
-                            conn, [o.row.id for o in group], until=until, reason=reason, now=now
-                        ),
-                    )
-                    for until, group in back.items()
-                ]
+            moves += [
+                (
+                    [(o, {}) for o in group],
+                    ledger.put_back(
+                        conn, [o.row.id for o in group], until=until, reason=reason, now=now
+                    ),
+                )
+                for (reason, until), group in put_back.items()
+            ]
         for group, moved in moves:
             if moved is not None and 0 <= moved < len(group):
                 log.warning("%d outcomes found their rows already moved", len(group) - moved)
@@ -845,8 +851,7 @@ class Sender:
             if counter == "retrying":
                 report.retry_at.append(o.values["next_attempt_at"])
             elif counter == "held":
-                opens = o.values["next_attempt_at"]
-                report.held_until[o.org.slug] = min(opens, report.held_until.get(o.org.slug, opens))
+                report.note_held(o.org.slug, o.values["next_attempt_at"])
 
         return tally
 

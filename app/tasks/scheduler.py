@@ -25,7 +25,7 @@ from app.errors import ConfigError
 from app.providers import check_provider_settings
 from app.services import dispatch
 from app.services.engine import OrgConfig, load_orgs, plan_day
-from app.services.runner import split_by_date
+from app.services.runner import preview_plan, split_by_date
 from app.services.sender import SendReport
 from app.settings import get_settings
 from app.tasks import runtime
@@ -210,11 +210,10 @@ def _preview_elsewhere(
     """Plan other days' organizations in a transaction rolled back; one line each (R3)."""
     if not orgs or on_date is None:
         return {}
-    counts: dict[int, int] = {}
-    with engine.connect() as conn, conn.begin() as trans:
-        for org in orgs.values():
-            counts[org.id] = plan_day(conn, now=now, orgs={org.id: org}, on_date=on_date).planned
-        trans.rollback()
+    counts = {
+        org.id: preview_plan(engine, {org.id: org}, now=now, on_date=on_date).plan.planned
+        for org in orgs.values()
+    }
     for org in orgs.values():
         log.warning(
             "daily run for %s: it is %s in %s, not that date; planned %d as a preview, "
