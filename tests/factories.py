@@ -13,7 +13,7 @@ from sqlalchemy import Engine, insert, select, text
 
 from app.db.models import Customer, Reminder, Subscription
 from app.domain.phones import InvalidPhone, normalize_phone
-from app.providers.base import SentMessage
+from app.providers.base import BlockingProvider, SentMessage
 from app.services.orgs import OrgInput, add_org
 from app.services.ratelimit import NoRateLimit
 from app.services.sender import Sender
@@ -93,7 +93,7 @@ def ledger_rows(engine: Engine) -> list[dict[str, object]]:
 
 
 @dataclass
-class RecordingProvider:
+class RecordingProvider(BlockingProvider):
     """Records every send; ``script`` maps a phone to a list of outcomes to play in turn."""
 
     name: str = "recording"

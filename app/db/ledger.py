@@ -1,7 +1,17 @@
-"""The ledger's SQL: set-based planning, the conditional claim, and outcome records.
+"""The ledger's one owner: every change of a reminder row's status is a function here.
 
-Every state change is one conditional UPDATE naming the state it expects, so two workers (or a
-redelivered task) racing for the same row cannot both act on it: the database decides the winner.
+Planning inserts rows (app.db.plan); from then on a row moves only through this module: held
+for its window, deferred, skipped, handed to the broker, claimed for an attempt, its outcome
+recorded, released by the sweeper, settled by reconciliation, updated by a delivery receipt.
+Every change is one conditional UPDATE naming the state it expects (and, for an attempt's
+outcome, the attempt), so two workers, a redelivered task or a late answer racing for the same
+row cannot both act on it: the database decides the winner.
+
+A row's life: ``pending`` → (claim) ``sending`` → ``sent`` | ``failed`` | ``unknown`` |
+back to ``pending`` (a retry, or a text that was claimed but not tried); ``pending`` →
+``skipped`` when the rules say it must not go; ``unknown`` → ``sent`` | ``pending`` by
+reconciliation. The outcomes of an attempt are typed values (``Sent``, ``Retry`` …): which
+columns each writes is in its type.
 """
 
 from __future__ import annotations
@@ -12,7 +22,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
@@ -21,10 +31,14 @@ from app.db.models import (
     Customer,
     OptOut,
     Organization,
+    ProviderCircuit,
     Reminder,
     Subscription,
 )
-from app.domain.rules import MAY_HAVE_SENT
+from app.domain.status import MAY_HAVE_SENT, Status
+
+PENDING, SENDING, SENT = Status.PENDING, Status.SENDING, Status.SENT
+FAILED, SKIPPED, UNKNOWN = Status.FAILED, Status.SKIPPED, Status.UNKNOWN
 
 
 def is_due(now: datetime) -> Any:
@@ -57,7 +71,7 @@ def due_ids(
     stmt = (
         select(Reminder.id)
         .where(
-            Reminder.status == "pending",
+            Reminder.status == PENDING,
             is_sendable(now, release_held=release_held),
             Reminder.id > after_id,
         )
@@ -74,7 +88,7 @@ def due_ids(
 def next_attempt(conn: Connection, *, org_ids: Iterable[int], reason: str) -> datetime | None:
     """When the first ``pending`` row of these organizations with this reason is due."""
     stmt = select(func.min(Reminder.next_attempt_at)).where(
-        Reminder.status == "pending",
+        Reminder.status == PENDING,
         Reminder.reason == reason,
         Reminder.org_id.in_(list(org_ids)),
     )
@@ -85,7 +99,7 @@ def held_until(conn: Connection) -> dict[int, datetime]:
     """Per organization, when its held texts' window opens (the earliest)."""
     stmt = (
         select(Reminder.org_id, func.min(Reminder.next_attempt_at))
-        .where(Reminder.status == "pending", Reminder.reason == HELD)
+        .where(Reminder.status == PENDING, Reminder.reason == HELD)
         .group_by(Reminder.org_id)
     )
     return {org_id: at for org_id, at in conn.execute(stmt) if at is not None}
@@ -95,23 +109,11 @@ def count_due(
     conn: Connection, *, now: datetime, org_ids: Iterable[int], release_held: bool = False
 ) -> int:
     stmt = select(func.count()).where(
-        Reminder.status == "pending",
+        Reminder.status == PENDING,
         is_sendable(now, release_held=release_held),
         Reminder.org_id.in_(list(org_ids)),
     )
     return int(conn.execute(stmt).scalar_one())
-
-
-def hold_until(conn: Connection, ids: Sequence[int], *, until: datetime, now: datetime) -> int:
-    """Pending rows wait for the send window: the next attempt moves to its opening."""
-    if not ids:
-        return 0
-    result = conn.execute(
-        update(Reminder)
-        .where(Reminder.id.in_(list(ids)), Reminder.status == "pending")
-        .values(next_attempt_at=until, updated_at=now, reason=HELD)
-    )
-    return result.rowcount or 0
 
 
 def requeue_expired(
@@ -123,11 +125,11 @@ def requeue_expired(
         update(Reminder)
         .where(
             Reminder.id == row_id,
-            Reminder.status == "sent",
+            Reminder.status == SENT,
             Reminder.provider_message_id == message_sid,
         )
         .values(
-            status="pending",
+            status=PENDING,
             reason=HELD,
             next_attempt_at=until,
             provider_message_id=None,
@@ -142,32 +144,45 @@ def requeue_expired(
     return bool(result.rowcount)
 
 
-def claim(
-    conn: Connection, ids: Sequence[int], *, now: datetime, release_held: bool = False
-) -> list[int]:
-    """The claim: ONE conditional UPDATE pending → sending. Returns the ids this caller won."""
+# --- pending rows: wait, skip, take their true lead --------------------------------------
+
+
+def wait(
+    conn: Connection, ids: Sequence[int], *, until: datetime, reason: str, now: datetime
+) -> int:
+    """Pending rows that were not tried wait until ``until``: ``DEFERRED`` (no rate-limit slot
+    soon enough, the provider's circuit open, or a new local day came before they left) or
+    ``HELD`` (their window closed first). A deferred row counts as never handed over until it is
+    due (see ``hand_over``), so the sweeper hands it over again then."""
     if not ids:
-        return []
-    stmt = (
+        return 0
+    result = conn.execute(
         update(Reminder)
-        .where(
-            Reminder.id.in_(list(ids)),
-            Reminder.status == "pending",
-            is_sendable(now, release_held=release_held),
-        )
+        .where(Reminder.id.in_(list(ids)), Reminder.status == PENDING)
         .values(
-            status="sending",
-            attempts=Reminder.attempts + 1,
-            claimed_at=now,
-            updated_at=now,
+            next_attempt_at=until,
+            reason=reason,
+            updated_at=until if reason == DEFERRED else now,
         )
-        .returning(Reminder.id)
     )
-    return sorted(conn.execute(stmt).scalars())
+    return result.rowcount or 0
+
+
+def skip(conn: Connection, reasons: dict[int, str], *, now: datetime) -> int:
+    """Pending rows the rules say must not go (cancelled, renewed, superseded …): ``skipped``."""
+    moved = 0
+    for reason, ids in _group(reasons).items():
+        result = conn.execute(
+            update(Reminder)
+            .where(Reminder.id.in_(ids), Reminder.status == PENDING)
+            .values(status=SKIPPED, reason=reason, updated_at=now)
+        )
+        moved += result.rowcount or 0
+    return moved
 
 
 def rekey(conn: Connection, row_id: int, *, lead: int, days_left: int, now: datetime) -> bool:
-    """A claimed row takes the lead and count of the day it is really sent on (R3).
+    """A pending row takes the lead and count of the day it is really sent on (R3).
 
     The ledger's unique key (subscription, expiry, lead) decides: when another row already
     holds that lead, this one cannot take it (False) and must not be sent (R1). A savepoint
@@ -177,7 +192,7 @@ def rekey(conn: Connection, row_id: int, *, lead: int, days_left: int, now: date
         with conn.begin_nested():
             result = conn.execute(
                 update(Reminder)
-                .where(Reminder.id == row_id, Reminder.status == "sending")
+                .where(Reminder.id == row_id, Reminder.status == PENDING)
                 .values(lead_days=lead, days_left=days_left, updated_at=now)
             )
     except IntegrityError:
@@ -185,33 +200,295 @@ def rekey(conn: Connection, row_id: int, *, lead: int, days_left: int, now: date
     return bool(result.rowcount)
 
 
-def put_back(
-    conn: Connection, ids: Sequence[int], *, until: datetime, reason: str, now: datetime
-) -> int:
-    """Claimed rows that were not tried go back to ``pending`` until ``until``, the claim's
-    attempt given back: ``DEFERRED`` (no rate-limit slot soon enough, or a new local day came
-    before they left), ``HELD`` (their window closed first)."""
+def _group(by_row: dict[int, str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for row_id, key in by_row.items():
+        groups.setdefault(key, []).append(row_id)
+    return groups
+
+
+# --- handing rows to the broker -----------------------------------------------------------
+
+
+def no_message(lost_before: datetime | None = None) -> Any:
+    """WHERE clause: rows with no message in the broker. ``updated_at`` is the mark of "a
+    message for this row was handed to the broker": a due row whose ``updated_at`` is not after
+    its ``next_attempt_at`` (a retry, a hold, a deferral) has none yet; with ``lost_before``
+    (the sweeper), one handed over before it counts as lost with its message."""
+    never = or_(Reminder.next_attempt_at.is_(None), Reminder.updated_at <= Reminder.next_attempt_at)
+    return never if lost_before is None else or_(never, Reminder.updated_at <= lost_before)
+
+
+def hand_over(
+    conn: Connection, ids: Sequence[int], *, now: datetime, lost_before: datetime | None = None
+) -> list[int]:
+    """Mark these rows as handed to the broker if they are still due, ``pending`` and without a
+    message; return those, in the order given.
+
+    The conditions are checked again on each row as it is locked, so when two callers (two
+    sweepers, a sweeper and a daily run) hand over the same rows, only the first takes them.
+    Rows planned by the daily run are inserted already marked (app.db.plan), so a day's first
+    hand-over writes nothing.
+    """
     if not ids:
-        return 0
-    result = conn.execute(
+        return []
+    stmt = (
         update(Reminder)
-        .where(Reminder.id.in_(list(ids)), Reminder.status == "sending")
-        .values(
-            status="pending",
-            attempts=Reminder.attempts - 1,
-            next_attempt_at=until,
-            claimed_at=None,
-            reason=reason,
-            # A deferred row counts as never handed over until it is due (dispatch's rule).
-            updated_at=until if reason == DEFERRED else now,
+        .where(
+            Reminder.id.in_(list(ids)),
+            Reminder.status == PENDING,
+            is_due(now),
+            no_message(lost_before),
         )
+        .values(updated_at=now)
+        .returning(Reminder.id)
     )
-    return result.rowcount or 0
+    marked = set(conn.execute(stmt).scalars())
+    return [i for i in ids if i in marked]
+
+
+# --- the claim --------------------------------------------------------------------------------
+
+
+def claim(
+    conn: Connection, ids: Sequence[int], *, now: datetime, release_held: bool = False
+) -> list[int]:
+    """ONE conditional UPDATE pending → sending for rows sent as planned (their stored body and
+    sender are what goes). Returns the ids this caller won."""
+    return sorted(claim_texts(conn, [Claim(i, release_held) for i in ids], now=now))
 
 
 @dataclass(frozen=True)
-class ClaimedRow:
-    """A claimed ledger row with what the sender needs to re-check and send it."""
+class TextColumns:
+    """What an attempt fixes on its row when the text differs from the stored one: the body
+    and sender reconciliation will look for, and what the body says."""
+
+    body: str
+    sender: str | None
+    days_left: int
+    segments: int
+    encoding: str
+    template_fallback: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    row_id: int
+    release_held: bool = False  # --ignore-window: a row held for the window may go
+    text: TextColumns | None = None  # None: the stored body and sender go as they are
+
+
+def claim_texts(conn: Connection, claims: Sequence[Claim], *, now: datetime) -> dict[int, int]:
+    """Claim rows just before their requests: pending → sending, the attempt counted, and the
+    attempt's body and sender written with it, so whatever happens next, the row says what was
+    asked of the provider. Returns {row id: its attempt number} for the rows this caller won;
+    a row someone else claimed first, or no longer due, is not among them."""
+    won: dict[int, int] = {}
+    plain: dict[bool, list[int]] = {}
+    for c in claims:
+        if c.text is None:
+            plain.setdefault(c.release_held, []).append(c.row_id)
+            continue
+        t = c.text
+        stmt = _claim_stmt([c.row_id], now, c.release_held).values(
+            body=t.body,
+            sender=t.sender,
+            days_left=t.days_left,
+            segments=t.segments,
+            encoding=t.encoding,
+            template_fallback=t.template_fallback,
+        )
+        won.update(conn.execute(stmt).all())
+    for release_held, ids in plain.items():
+        won.update(conn.execute(_claim_stmt(ids, now, release_held)).all())
+    return won
+
+
+def _claim_stmt(ids: list[int], now: datetime, release_held: bool) -> Any:
+    return (
+        update(Reminder)
+        .where(
+            Reminder.id.in_(ids),
+            Reminder.status == PENDING,
+            is_sendable(now, release_held=release_held),
+        )
+        .values(
+            status=SENDING,
+            attempts=Reminder.attempts + 1,
+            claimed_at=now,
+            updated_at=now,
+        )
+        .returning(Reminder.id, Reminder.attempts)
+    )
+
+
+# --- an attempt's outcome ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The provider accepted the text: its message id. Clears any earlier error."""
+
+    row_id: int
+    attempt: int
+    message_id: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A transient failure that counts: back to ``pending`` for another attempt at ``at``."""
+
+    row_id: int
+    attempt: int
+    at: datetime
+    code: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Refused for good (``rejected``, ``opted_out``) or out of retries (``retries_exhausted``)."""
+
+    row_id: int
+    attempt: int
+    reason: str
+    code: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """The provider may have accepted it (a timeout): reconciliation asks."""
+
+    row_id: int
+    attempt: int
+    code: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class PutBack:
+    """Claimed but not tried, or tried while the provider failed for everyone: back to
+    ``pending`` until ``until`` with the attempt given back (``DEFERRED`` or ``HELD``);
+    ``code``/``message`` say why when there was an error."""
+
+    row_id: int
+    attempt: int
+    until: datetime
+    reason: str
+    code: str | None = None
+    message: str | None = None
+
+
+Outcome = Sent | Retry | Failed | Unknown | PutBack
+
+_ROW: Any = bindparam("row_id")
+_ATTEMPT: Any = bindparam("attempt")
+
+
+def _of_attempt() -> Any:
+    """WHERE clause of an outcome: the row is still in the attempt that made it."""
+    return and_(Reminder.id == _ROW, Reminder.status == SENDING, Reminder.attempts == _ATTEMPT)
+
+
+def _col(name: str) -> Any:
+    return bindparam(name, type_=Reminder.__table__.c[name].type)
+
+
+_OUTCOME_SQL: dict[type, Any] = {
+    Sent: update(Reminder)
+    .where(_of_attempt())
+    .values(
+        status=SENT,
+        provider_message_id=_col("provider_message_id"),
+        sent_at=_col("sent_at"),
+        reason=None,
+        error_code=None,
+        error_message=None,
+        updated_at=_col("updated_at"),
+    ),
+    Retry: update(Reminder)
+    .where(_of_attempt())
+    .values(
+        status=PENDING,
+        reason="retrying",
+        next_attempt_at=_col("next_attempt_at"),
+        error_code=_col("error_code"),
+        error_message=_col("error_message"),
+        updated_at=_col("updated_at"),
+    ),
+    Failed: update(Reminder)
+    .where(_of_attempt())
+    .values(
+        status=FAILED,
+        reason=_col("reason"),
+        error_code=_col("error_code"),
+        error_message=_col("error_message"),
+        updated_at=_col("updated_at"),
+    ),
+    Unknown: update(Reminder)
+    .where(_of_attempt())
+    .values(
+        status=UNKNOWN,
+        reason="outcome_unknown",
+        error_code=_col("error_code"),
+        error_message=_col("error_message"),
+        updated_at=_col("updated_at"),
+    ),
+    PutBack: update(Reminder)
+    .where(_of_attempt())
+    .values(
+        status=PENDING,
+        attempts=Reminder.attempts - 1,
+        claimed_at=None,
+        next_attempt_at=_col("next_attempt_at"),
+        reason=_col("reason"),
+        error_code=func.coalesce(_col("error_code"), Reminder.error_code),
+        error_message=func.coalesce(_col("error_message"), Reminder.error_message),
+        updated_at=_col("updated_at"),
+    ),
+}
+
+
+def _params(o: Outcome, now: datetime) -> dict[str, Any]:
+    p: dict[str, Any] = {"row_id": o.row_id, "attempt": o.attempt, "updated_at": now}
+    match o:
+        case Sent():
+            p.update(provider_message_id=o.message_id, sent_at=o.sent_at)
+        case Retry():
+            p.update(next_attempt_at=o.at, error_code=o.code, error_message=o.message)
+        case Failed():
+            p.update(reason=o.reason, error_code=o.code, error_message=o.message)
+        case Unknown():
+            p.update(error_code=o.code, error_message=o.message)
+        case PutBack():
+            p.update(next_attempt_at=o.until, reason=o.reason, error_code=o.code)
+            p["error_message"] = o.message
+            # A deferred row counts as never handed over until it is due (see hand_over).
+            if o.reason == DEFERRED:
+                p["updated_at"] = o.until
+    return p
+
+
+def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> dict[type, int]:
+    """Write outcomes, one statement per kind; returns how many rows each kind moved (an
+    outcome whose row is no longer in that attempt moves nothing: someone settled it first)."""
+    by_kind: dict[type, list[dict[str, Any]]] = {}
+    for o in outcomes:
+        by_kind.setdefault(type(o), []).append(_params(o, now))
+    return {
+        kind: conn.execute(_OUTCOME_SQL[kind], params).rowcount or 0
+        for kind, params in by_kind.items()
+    }
+
+
+# --- what a text is sent from -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextRow:
+    """A pending ledger row with what the sender needs to re-check and send it."""
 
     id: int
     org_id: int
@@ -222,8 +499,8 @@ class ClaimedRow:
     phone: str | None
     sender: str | None
     body: str | None
+    segments: int | None
     attempts: int
-    claimed_at: datetime | None
     sub_expires_on: date
     sub_status: str
     plan: str
@@ -235,8 +512,9 @@ class ClaimedRow:
     nearest_sent: int | None  # fewest days left of this expiry's other texts that may be out
 
 
-def load_claimed(conn: Connection, ids: Sequence[int]) -> list[ClaimedRow]:
-    """The rows as they stand now, joined with today's subscription, customer and opt-out."""
+def load_pending(conn: Connection, ids: Sequence[int]) -> list[TextRow]:
+    """The pending rows as they stand now, joined with today's subscription, customer and
+    opt-out, and what else of the same expiry may have gone out."""
     if not ids:
         return []
     opted = (
@@ -268,8 +546,8 @@ def load_claimed(conn: Connection, ids: Sequence[int]) -> list[ClaimedRow]:
             Reminder.phone,
             Reminder.sender,
             Reminder.body,
+            Reminder.segments,
             Reminder.attempts,
-            Reminder.claimed_at,
             Subscription.expires_on,
             Subscription.status,
             Subscription.plan,
@@ -282,10 +560,10 @@ def load_claimed(conn: Connection, ids: Sequence[int]) -> list[ClaimedRow]:
         )
         .join(Subscription, Subscription.id == Reminder.subscription_id)
         .join(Customer, Customer.id == Reminder.customer_id)
-        .where(Reminder.id.in_(list(ids)), Reminder.status == "sending")
+        .where(Reminder.id.in_(list(ids)), Reminder.status == PENDING)
         .order_by(Reminder.id)
     )
-    return [ClaimedRow(*cast(Any, row)) for row in conn.execute(stmt)]
+    return [TextRow(*cast(Any, row)) for row in conn.execute(stmt)]
 
 
 def add_opt_out(
@@ -304,13 +582,13 @@ def release_stale_sending(
     """Rows left in ``sending`` by a worker that died: ``unknown`` (ask the provider) or,
     for a provider that cannot be asked, back to ``pending``."""
     values: dict[str, Any] = {"status": to_status, "updated_at": now}
-    if to_status == "pending":
+    if to_status == PENDING:
         values["next_attempt_at"] = now
     else:
         values["reason"] = "outcome_unknown"
     result = conn.execute(
         update(Reminder)
-        .where(Reminder.status == "sending", Reminder.claimed_at < older_than)
+        .where(Reminder.status == SENDING, Reminder.claimed_at < older_than)
         .values(**values)
     )
     return result.rowcount or 0
@@ -334,3 +612,110 @@ def active_org_ids(conn: Connection, slugs: Sequence[str] | None = None) -> list
     if slugs:
         stmt = stmt.where(Organization.slug.in_(list(slugs)))
     return list(conn.execute(stmt).scalars())
+
+
+# --- the sweeper, reconciliation and delivery receipts ---------------------------------------
+
+
+def settle_unknown(
+    conn: Connection,
+    row_id: int,
+    *,
+    status: str,
+    claimed_at: datetime | None,
+    found: tuple[str, datetime, str | None] | None,
+    now: datetime,
+) -> bool:
+    """Reconciliation's verdict on an ``unknown`` (or stale ``sending``) row, for the attempt
+    that began at ``claimed_at``: found at the provider (message id, when, delivery status) →
+    ``sent``; not found → ``pending`` for one more attempt, due now."""
+    same_attempt = (
+        Reminder.claimed_at.is_(None) if claimed_at is None else Reminder.claimed_at == claimed_at
+    )
+    values: dict[str, Any]
+    if found is not None:
+        message_id, sent_at, delivery = found
+        values = {
+            "status": SENT,
+            "provider_message_id": message_id,
+            "sent_at": sent_at,
+            "reason": None,
+            "error_code": None,
+            "error_message": None,
+            "updated_at": now,
+        }
+        if delivery:
+            values["delivery_status"] = delivery
+    else:
+        values = {
+            "status": PENDING,
+            "next_attempt_at": now,
+            "reason": "reconciled_not_sent",
+            "updated_at": now,
+        }
+    result = conn.execute(
+        update(Reminder)
+        .where(Reminder.id == row_id, Reminder.status == status, same_attempt)
+        .values(**values)
+    )
+    return (result.rowcount or 0) == 1
+
+
+def record_delivery(
+    conn: Connection,
+    *,
+    message_sid: str,
+    status: str,
+    lower: Sequence[str],
+    error_code: str | None,
+    now: datetime,
+) -> bool:
+    """A delivery receipt: the row with that message id takes ``status`` if it is newer than
+    what it has (one of ``lower``, or none yet)."""
+    values: dict[str, object] = {"delivery_status": status, "updated_at": now}
+    if error_code:
+        values["error_code"] = error_code
+    result = conn.execute(
+        update(Reminder)
+        .where(
+            Reminder.provider_message_id == message_sid,
+            or_(Reminder.delivery_status.is_(None), Reminder.delivery_status.in_(list(lower))),
+        )
+        .values(**values)
+    )
+    return (result.rowcount or 0) > 0
+
+
+def save_circuit(
+    conn: Connection,
+    *,
+    account: str,
+    opened_at: datetime | None,
+    failures: int,
+    numbers: int,
+    now: datetime,
+) -> None:
+    """A provider account's circuit opened (``opened_at``) or closed (None)."""
+    values = {
+        "account": account,
+        "opened_at": opened_at,
+        "failures": failures,
+        "numbers": numbers,
+        "updated_at": now,
+    }
+    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(ProviderCircuit).values(**values)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[ProviderCircuit.account],
+            set_={k: stmt.excluded[k] for k in values if k != "account"},
+        )
+    )
+
+
+def open_circuits(conn: Connection) -> dict[str, datetime]:
+    """Provider accounts whose circuit is open, and since when."""
+    stmt = select(ProviderCircuit.account, ProviderCircuit.opened_at).where(
+        ProviderCircuit.opened_at.is_not(None)
+    )
+    return {account: at for account, at in conn.execute(stmt) if at is not None}

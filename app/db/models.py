@@ -30,10 +30,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from app.domain.status import Status
+
 # SQLite only auto-increments INTEGER PRIMARY KEY; BIGINT elsewhere.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-STATUSES = ("pending", "sending", "sent", "failed", "skipped", "unknown")
+STATUSES = tuple(s.value for s in Status)
 DEFAULT_TEMPLATE_LEAD = -1  # templates.lead_days for the organization-wide default
 
 
@@ -55,6 +57,20 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class StatusType(TypeDecorator[str]):
+    """A ledger status: ``Status`` members are stored by value (a driver would otherwise be
+    free to write an enum's name)."""
+
+    impl = String(10)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else Status(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return value
 
 
 class Base(DeclarativeBase):
@@ -163,7 +179,7 @@ class Reminder(Base):
     days_left: Mapped[int] = mapped_column(Integer)  # as rendered into the body
     phone: Mapped[str | None] = mapped_column(String(64))
     sender: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(10), default="pending")
+    status: Mapped[str] = mapped_column(StatusType(), default=Status.PENDING.value)
     reason: Mapped[str | None] = mapped_column(String(200))
     body: Mapped[str | None] = mapped_column(Text)
     # The stored template's problem when this text's body is the built-in default instead (R7).
@@ -196,3 +212,19 @@ class DailyRun(Base):
     planned: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ProviderCircuit(Base):
+    """A provider account's circuit breaker as its workers last reported it (status, logs).
+
+    ``opened_at`` is set while the circuit is open: the provider failed for many numbers in a
+    row, and texts wait instead of using up their retries. Written only when it opens or closes.
+    """
+
+    __tablename__ = "provider_circuits"
+
+    account: Mapped[str] = mapped_column(String(100), primary_key=True)
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    numbers: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -264,6 +264,9 @@ def refresh_statistics(conn: Connection) -> None:
         conn.execute(text("ANALYZE reminders"))
 
 
+HANDED_OVER = timedelta(microseconds=1)
+
+
 def row_values(
     c: Candidate,
     *,
@@ -274,7 +277,12 @@ def row_values(
     segments: int | None = None,
     encoding: str | None = None,
     template_fallback: str | None = None,
+    handed_over: bool = False,
 ) -> dict[str, Any]:
+    """A planned row's columns. ``handed_over``: its message goes to the broker as soon as the
+    page commits (the daily run), so it is inserted with the mark of a row handed over
+    (``updated_at`` after ``next_attempt_at``, see ``ledger.no_message``) and the hand-over
+    writes nothing more; if the message is lost, the sweeper takes it after the lease."""
     return {
         "org_id": c.org_id,
         "subscription_id": c.subscription_id,
@@ -296,5 +304,5 @@ def row_values(
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,
-        "updated_at": now,
+        "updated_at": now + HANDED_OVER if handed_over else now,
     }

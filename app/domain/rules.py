@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from app.domain import planning
-
-# A text in one of these may have reached the customer (R2 counts it as sent).
-MAY_HAVE_SENT = frozenset({"sent", "sending", "unknown"})
+from app.domain.status import MAY_HAVE_SENT  # noqa: F401 - R2 counts these as sent
 
 
 def text_lead(days_left: int, leads: Iterable[int]) -> int | None:

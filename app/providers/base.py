@@ -7,6 +7,8 @@ retrying a permanent error wastes money, and resending an unknown outcome texts 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -60,18 +62,57 @@ class SmsProvider(Protocol):
 
     ``valid_for`` is how many seconds the text may wait in the provider's own queue before it
     must be dropped (the organization's window closes then); None means no limit of ours.
+    Every method the sender and reconciliation call is declared here.
     """
 
     name: str
+    #: The account texts are sent from: the scope of the circuit breaker (an outage there
+    #: stops every sender of the account).
+    account: str
     #: True when ``find_sent`` can say whether a message went out (reconciliation is possible).
     can_reconcile: bool
+    #: True when its senders have rate limits to keep (segments per second); the console's
+    #: local record has none.
+    paced: bool
 
     def send(
         self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
     ) -> str: ...
+
+    async def send_async(
+        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+    ) -> str:
+        """``send`` on the process's shared event loop (the sender's path)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; called once when the process's sender closes."""
+        ...
 
     def find_sent(
         self, *, to: str, body: str, sender: str | None, since: datetime
     ) -> SentMessage | None:
         """The message to ``to`` with ``body`` created at or after ``since``, if any."""
         ...
+
+
+class BlockingProvider:
+    """For providers that can only block: ``send_async`` runs ``send`` on the loop's thread
+    pool (the sender sizes it to SMS_CONCURRENCY); nothing to close."""
+
+    name: str = "blocking"
+    account: str = "default"
+    can_reconcile: bool = False
+    paced: bool = True
+
+    def send(self, to: str, body: str, sender: str | None, *, valid_for: int | None = None) -> str:
+        raise NotImplementedError
+
+    async def send_async(
+        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+    ) -> str:
+        call = functools.partial(self.send, to, body, sender, valid_for=valid_for)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    def close(self) -> None:
+        return None

@@ -12,14 +12,16 @@ import uuid
 from datetime import datetime
 
 from app.domain.phones import mask_phone
-from app.providers.base import SentMessage
+from app.providers.base import BlockingProvider, SentMessage
 
 log = logging.getLogger("app.sms.console")
 
 
-class ConsoleProvider:
+class ConsoleProvider(BlockingProvider):
     name = "console"
+    account = "console"
     can_reconcile = False
+    paced = False  # a local record: no sender's allowance to keep
 
     def __init__(self, output_path: str | None = None) -> None:
         self._output_path = output_path

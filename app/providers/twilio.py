@@ -158,10 +158,12 @@ class TwilioProvider:
 
     name = "twilio"
     can_reconcile = True
+    paced = True  # Twilio's senders take so many segments per second
 
     def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
         check_settings(settings)
         assert settings.twilio_account_sid and settings.twilio_auth_token
+        self.account = settings.twilio_account_sid
         self._settings = settings
         self._token = settings.twilio_auth_token
         http_logger = logging.getLogger("app.sms.twilio.http")

@@ -6,9 +6,8 @@ the broker; which days are finished; what retention removes. No Celery here: the
 these, commit, and only then enqueue.
 
 Re-enqueueing uses ``updated_at`` as the mark of "a message for this row was handed to the
-broker": a due row whose ``updated_at`` is older than its ``next_attempt_at`` (a retry, a hold, a
-row put back by reconciliation) has no message yet; one touched longer ago than the lease is
-presumed lost with its message. Taking rows is one conditional UPDATE … RETURNING, so two
+broker" (``ledger.no_message``); one touched longer ago than the lease is presumed lost with its
+message. Taking rows is ``ledger.hand_over``, one conditional UPDATE … RETURNING, so two
 sweepers never both enqueue the same row.
 """
 
@@ -228,13 +227,6 @@ def day_busy(conn: Connection, *, org_days: dict[int, date], now: datetime) -> i
     return int(conn.execute(stmt).scalar_one())
 
 
-def _no_message(lost_before: datetime | None = None) -> Any:
-    """WHERE clause: rows with no message in the broker (see the module's docstring): never
-    handed over since their attempt fell due, or, given ``lost_before``, handed over before it."""
-    never = or_(Reminder.next_attempt_at.is_(None), Reminder.updated_at <= Reminder.next_attempt_at)
-    return never if lost_before is None else or_(never, Reminder.updated_at <= lost_before)
-
-
 def due_order(
     conn: Connection,
     *,
@@ -255,38 +247,12 @@ def due_order(
     turn = func.row_number().over(partition_by=Reminder.org_id, order_by=Reminder.id)
     stmt = (
         select(Reminder.id)
-        .where(Reminder.status == "pending", ledger.is_due(now), _no_message(lost_before))
+        .where(Reminder.status == "pending", ledger.is_due(now), ledger.no_message(lost_before))
         .order_by(turn, Reminder.org_id)
     )
     if org_ids is not None:
         stmt = stmt.where(Reminder.org_id.in_(list(org_ids)))
     return list(conn.execute(stmt).scalars())
-
-
-def hand_over(
-    conn: Connection, ids: Sequence[int], *, now: datetime, lost_before: datetime | None = None
-) -> list[int]:
-    """Mark these rows as handed to the broker if they are still due, ``pending`` and without a
-    message (see due_order); return those, in the order given.
-
-    The conditions are checked again on each row as it is locked, so when two callers (two
-    sweepers, a sweeper and a daily run) hand over the same rows, only the first takes them.
-    """
-    if not ids:
-        return []
-    stmt = (
-        update(Reminder)
-        .where(
-            Reminder.id.in_(list(ids)),
-            Reminder.status == "pending",
-            ledger.is_due(now),
-            _no_message(lost_before),
-        )
-        .values(updated_at=now)
-        .returning(Reminder.id)
-    )
-    marked = set(conn.execute(stmt).scalars())
-    return [i for i in ids if i in marked]
 
 
 def retry_waits(

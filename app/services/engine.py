@@ -156,8 +156,10 @@ def plan_day(
 
     Pages take turns between organizations. Without ``on_page`` everything happens in the
     caller's transaction. With it, each page is committed and ``on_page`` gets its new
-    ``pending`` ids, so they can be sent while the next page is rendered (a crash in between
-    loses nothing: planned rows are in the ledger, and a re-run adds only the rest).
+    ``pending`` ids, already marked as handed to the broker: ``on_page`` must enqueue them,
+    so they are sent while the next page is rendered (a crash in between loses nothing:
+    planned rows are in the ledger, the sweeper enqueues rows whose message was lost, and a
+    re-run adds only the rest).
     """
     report = PlanReport()
     if on_page is not None and on_date is not None:
@@ -173,7 +175,10 @@ def plan_day(
     book = TemplateBook(conn, orgs)
     analyzed = 0
     for candidates in plan_sql.candidates(conn, org_days, page=page):
-        rows = [_planned_row(c, orgs[c.org_id], book, now) for c in candidates]
+        rows = [
+            _planned_row(c, orgs[c.org_id], book, now, handed_over=on_page is not None)
+            for c in candidates
+        ]
         new = plan_sql.insert_rows(conn, rows)
         report.planned += sum(new.counts.values())
         report.skipped += new.counts.get("skipped", 0)
@@ -195,7 +200,7 @@ def plan_day(
 
 
 def _planned_row(
-    c: plan_sql.Candidate, org: OrgConfig, book: TemplateBook, now: datetime
+    c: plan_sql.Candidate, org: OrgConfig, book: TemplateBook, now: datetime, *, handed_over: bool
 ) -> dict[str, object]:
     if c.skip_reason:
         return plan_sql.row_values(c, now=now, status="skipped", reason=c.skip_reason)
@@ -216,4 +221,5 @@ def _planned_row(
         segments=info.segments,
         encoding=info.encoding,
         template_fallback=fallback,
+        handed_over=handed_over,
     )

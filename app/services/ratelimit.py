@@ -1,8 +1,8 @@
-"""Per-sender rate limits. The engine reserves send slots for a batch before sending it.
+"""Per-sender rate limits, in message segments per second (a 3-segment text takes 3 slots).
 
 ``reserve(key, rate, count, max_wait)`` books up to ``count`` consecutive slots spaced 1/rate
 apart, but none further than ``max_wait`` seconds ahead, and returns ``(first_wait, granted,
-spacing)``: the caller sends slot ``i`` at ``first_wait + i * spacing`` seconds from now.
+spacing)``: slot ``i`` comes ``first_wait + i * spacing`` seconds after the call returns.
 Rows that got no slot go back to the ledger for later instead of holding a worker asleep.
 ``LocalRateLimiter`` holds the limit within one process (the CLI); the Celery workers use the
 Redis-backed limiter, so the limit holds across every worker process and host.
@@ -20,11 +20,43 @@ log = logging.getLogger("app.ratelimit")
 
 
 class RateLimiter(Protocol):
+    """Every method the sender calls."""
+
     def reserve(
         self, key: str, rate: float, count: int, max_wait: float
     ) -> tuple[float, int, float]:
         """Book up to ``count`` slots for ``key``: (seconds to the first, granted, spacing)."""
         ...
+
+    async def reserve_async(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        """``reserve`` on the running event loop."""
+        ...
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _NoIO:
+    """A limiter held in this process: nothing to await, nothing to close."""
+
+    def reserve(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        raise NotImplementedError
+
+    async def reserve_async(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        return self.reserve(key, rate, count, max_wait)
+
+    def close(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
 
 def grantable(wait: float, rate: float, count: int, max_wait: float) -> int:
@@ -34,7 +66,7 @@ def grantable(wait: float, rate: float, count: int, max_wait: float) -> int:
     return min(count, int((max_wait - wait) * rate) + 1)
 
 
-class LocalRateLimiter:
+class LocalRateLimiter(_NoIO):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next: dict[str, float] = {}
@@ -50,7 +82,7 @@ class LocalRateLimiter:
         return slot - now, granted, 1.0 / rate
 
 
-class NoRateLimit:
+class NoRateLimit(_NoIO):
     def reserve(
         self, key: str, rate: float, count: int, max_wait: float
     ) -> tuple[float, int, float]:
@@ -78,3 +110,25 @@ class FallbackRateLimiter:
                     type(exc).__name__,
                 )
         return self._fallback.reserve(key, rate, count, max_wait)
+
+    async def reserve_async(
+        self, key: str, rate: float, count: int, max_wait: float
+    ) -> tuple[float, int, float]:
+        if not self._failed:
+            try:
+                return await self._primary.reserve_async(key, rate, count, max_wait)
+            except Exception as exc:  # noqa: BLE001 - any failure of the shared store
+                self._failed = True
+                log.warning(
+                    "shared rate limit unavailable (%s): limiting within this process only",
+                    type(exc).__name__,
+                )
+        return await self._fallback.reserve_async(key, rate, count, max_wait)
+
+    def close(self) -> None:
+        self._primary.close()
+        self._fallback.close()
+
+    async def aclose(self) -> None:
+        await self._primary.aclose()
+        await self._fallback.aclose()

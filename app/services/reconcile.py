@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, or_, select
 
+from app.db import ledger
 from app.db.models import Customer, Reminder
 from app.domain.phones import mask_phone
 from app.providers.base import ProviderError, SentMessage, SmsProvider
@@ -147,53 +148,35 @@ def _lookup(provider: SmsProvider, row: _Row) -> SentMessage | ProviderError | N
 def _found(
     engine: Engine, row: _Row, message: SentMessage, report: ReconcileReport, *, now: datetime
 ) -> None:
-    values: dict[str, object] = {
-        "status": "sent",
-        "provider_message_id": message.message_id,
-        "sent_at": message.created_at or now,
-        "reason": None,
-        "error_code": None,
-        "error_message": None,
-        "updated_at": now,
-    }
-    if message.status:
-        values["delivery_status"] = message.status
-    _move(engine, row, values, report, counter="sent")
+    found = (message.message_id, message.created_at or now, message.status)
+    _move(engine, row, found, report, now=now)
 
 
 def _retry(engine: Engine, row: _Row, report: ReconcileReport, *, now: datetime) -> None:
-    values: dict[str, object] = {
-        "status": "pending",
-        "next_attempt_at": now,
-        "reason": "reconciled_not_sent",
-        "updated_at": now,
-    }
-    _move(engine, row, values, report, counter="retried")
+    _move(engine, row, None, report, now=now)
 
 
 def _move(
-    engine: Engine, row: _Row, values: dict[str, object], report: ReconcileReport, *, counter: str
+    engine: Engine,
+    row: _Row,
+    found: tuple[str, datetime, str | None] | None,
+    report: ReconcileReport,
+    *,
+    now: datetime,
 ) -> None:
-    same_attempt = (
-        Reminder.claimed_at.is_(None)
-        if row.claimed_at is None
-        else Reminder.claimed_at == row.claimed_at
-    )
-    stmt = (
-        update(Reminder)
-        .where(Reminder.id == row.id, Reminder.status == row.status, same_attempt)
-        .values(**values)
-    )
     with engine.begin() as conn:
-        won = (conn.execute(stmt).rowcount or 0) == 1
+        won = ledger.settle_unknown(
+            conn, row.id, status=row.status, claimed_at=row.claimed_at, found=found, now=now
+        )
     if not won:
         report.lost += 1
         return
+    counter = "sent" if found is not None else "retried"
     setattr(report, counter, getattr(report, counter) + 1)
     log.info(
         "reconcile: row %d to %s %s -> %s",
         row.id,
         mask_phone(row.phones[0] if row.phones else None),
         row.status,
-        values["status"],
+        "sent" if found is not None else "pending",
     )

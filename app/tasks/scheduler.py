@@ -26,7 +26,7 @@ from app.providers import check_provider_settings
 from app.services import dispatch
 from app.services.engine import OrgConfig, load_orgs, plan_day
 from app.services.runner import preview_plan, split_by_date
-from app.services.sender import SendReport
+from app.services.sender import Busy, SendReport
 from app.settings import get_settings
 from app.tasks import runtime
 
@@ -73,6 +73,12 @@ class _ProviderFactoryStep(bootsteps.Step):  # type: ignore[misc]
 app.steps["worker"].add(_ProviderFactoryStep)
 
 
+#: A send task waits this long for room in its process, then hands its batch back to the broker
+#: to come again after BUSY_COUNTDOWN_SECONDS (a pool process is never held by a busy sender).
+ADMIT_WITHIN_SECONDS = 0.5
+BUSY_COUNTDOWN_SECONDS = 1
+
+
 def _task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """``app.task`` with a type (Celery ships none)."""
     decorator: Callable[[Callable[..., Any]], Any] = app.task(**options)
@@ -96,7 +102,7 @@ def _hand_over(
     taken = 0
     for start in range(0, len(ids), size):
         chunk = ids[start : start + size]
-        handed = dispatch.hand_over(conn, chunk, now=utcnow(), lost_before=lost_before)
+        handed = ledger.hand_over(conn, chunk, now=utcnow(), lost_before=lost_before)
         conn.commit()
         if handed:
             _enqueue_sends(handed, on_date)
@@ -173,8 +179,12 @@ def send_payment_reminder_sms(
         enqueued = _hand_over_due(conn, date, org_ids=list(orgs)) if orgs else 0
 
         def send_page(ids: list[int]) -> None:
+            # Planned rows are inserted marked as handed over: enqueue them, nothing to write.
             nonlocal enqueued
-            enqueued += _hand_over(conn, ids, date)
+            size = rt.settings.send_batch_size
+            for start in range(0, len(ids), size):
+                _enqueue_sends(ids[start : start + size], date)
+            enqueued += len(ids)
 
         report = plan_day(conn, now=now, orgs=orgs, on_page=send_page)
         days = {o.id: o.today(now) for o in orgs.values()}
@@ -228,19 +238,24 @@ def _preview_elsewhere(
 
 @_task(name="app.tasks.scheduler.send_reminders", **_limits("send"))
 def send_reminders(ids: list[int], date: str | None = None) -> None:
-    """Send these ledger rows: each is claimed (pending -> sending) before the provider call.
+    """Send these ledger rows; each is claimed (pending -> sending) just before its request.
 
-    The task returns once its rows are claimed and handed to this process's event loop, so the
-    process takes the next batch while this one waits for rate-limit slots and answers (it
-    waits first while the process has SMS_OPEN_BATCHES batches open, or a second's worth of
-    texts queued for the same senders). Outcomes are recorded, and the batch logged, as the
-    answers come back.
+    The task returns once its rows are prepared and handed to this process's event loop, so
+    the process takes the next batch while this one waits for rate-limit slots and answers.
+    A process with no room for the batch (SMS_OPEN_BATCHES open, or a second's worth of texts
+    queued for the same senders) hands it back to the broker for a moment instead of waiting:
+    the pool process is free at once for other senders' batches and for beat's tasks.
+    Outcomes are recorded, and the batch logged, as the answers come back.
     """
     rt = runtime.current()
     started = utcnow()
     # ``date`` is kept for messages already queued; a text is always for its organization's
     # local today by the clock (R3).
-    batch = rt.sender.submit_ids(ids)
+    try:
+        batch = rt.sender.submit_ids(ids, admit_within=ADMIT_WITHIN_SECONDS)
+    except Busy:
+        send_reminders.apply_async(args=[ids], countdown=BUSY_COUNTDOWN_SECONDS)
+        return
     batch.add_done_callback(lambda done: _batch_finished(ids, started, done))
 
 

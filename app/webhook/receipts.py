@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Engine, delete, or_, select, update
+from sqlalchemy import ColumnElement, Engine, delete, or_, select
 
 from app.db import ledger
 from app.db.models import OptOut, Organization, Reminder
@@ -57,19 +57,15 @@ def record_delivery(
     if rank is None:
         return False
     lower = [name for name, r in DELIVERY_RANK.items() if r < rank]
-    values: dict[str, object] = {"delivery_status": status, "updated_at": now}
-    if error_code:
-        values["error_code"] = error_code
-    stmt = (
-        update(Reminder)
-        .where(
-            Reminder.provider_message_id == message_sid,
-            or_(Reminder.delivery_status.is_(None), Reminder.delivery_status.in_(lower)),
-        )
-        .values(**values)
-    )
     with engine.begin() as conn:
-        moved = (conn.execute(stmt).rowcount or 0) > 0
+        moved = ledger.record_delivery(
+            conn,
+            message_sid=message_sid,
+            status=status,
+            lower=lower,
+            error_code=error_code,
+            now=now,
+        )
     log.info(
         "delivery %s for %s%s%s",
         status,

@@ -343,7 +343,8 @@ def test_held_texts_sent_next_day_say_the_real_days_left(
         ("s2", 3): ("sent", 2, None),
         # R5: the held 1-day text still goes on the expiry day, saying so.
         ("s3", 1): ("sent", 0, None),
-        ("s6", 5): ("skipped", 4, "superseded: a nearer text (3 days left)"),
+        # Held with 4 days left, it has 3 today: the 3-day text planned today goes instead.
+        ("s6", 5): ("skipped", 4, "superseded: the 3-day reminder goes instead"),
         ("s6", 3): ("sent", 3, None),
     }
     assert "expires in 4 days" in rows[("s1", 5)]["body"]

@@ -43,7 +43,7 @@ from sqlalchemy import Engine, insert, select, text, update
 from app.db.models import Customer, Reminder, Subscription
 from app.domain import planning
 from app.errors import ValidationError
-from app.providers.base import PermanentError, TransientError
+from app.providers.base import BlockingProvider, PermanentError, TransientError
 from app.providers.console import ConsoleProvider
 from app.services import orgs as org_service
 from app.services import runner
@@ -106,7 +106,7 @@ class Text:
     message_id: str
 
 
-class ScriptedProvider:
+class ScriptedProvider(BlockingProvider):
     """The console provider, except where a number is scripted to fail (transiently or for
     good); records what the console took, and when."""
 

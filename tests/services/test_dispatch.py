@@ -9,6 +9,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import Connection, Engine, func, select, update
 
+from app.db import ledger
 from app.db.models import DailyRun, Reminder
 from app.domain.planning import utcnow
 from app.services import dispatch
@@ -42,7 +43,7 @@ def _take(
     """What a hand-over takes: the due rows without a message, marked as handed over."""
     lost_before = None if lease_seconds is None else now - timedelta(seconds=lease_seconds)
     order = dispatch.due_order(conn, now=now, org_ids=org_ids, lost_before=lost_before)
-    return sorted(dispatch.hand_over(conn, order[:limit], now=now, lost_before=lost_before))
+    return sorted(ledger.hand_over(conn, order[:limit], now=now, lost_before=lost_before))
 
 
 def test_each_organization_starts_at_its_own_local_send_time(pg_engine: Engine) -> None:
@@ -210,7 +211,7 @@ def test_two_sweepers_at_once_hand_each_row_over_once(pg_engine: Engine) -> None
             barrier.wait()
             for start in range(0, len(order), 10):
                 chunk = order[start : start + 10]
-                taken += dispatch.hand_over(conn, chunk, now=later, lost_before=lost_before)
+                taken += ledger.hand_over(conn, chunk, now=later, lost_before=lost_before)
                 conn.commit()
         results.append(taken)
 
@@ -308,7 +309,7 @@ def test_a_days_batches_take_turns_between_organizations(pg_engine: Engine) -> N
         assert {org_of[i] for i in order[start : start + 3]} == set(orgs)
     with pg_engine.begin() as conn:
         conn.execute(update(Reminder).where(Reminder.id == order[0]).values(status="sent"))
-        handed = dispatch.hand_over(conn, order[:3], now=now + timedelta(seconds=1))
+        handed = ledger.hand_over(conn, order[:3], now=now + timedelta(seconds=1))
     assert handed == order[1:3]  # a row no longer pending is not handed over
     with pg_engine.connect() as conn:
         # A day's run hands over only rows without a message in the broker.

@@ -16,11 +16,11 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from app.providers.base import PermanentError, SentMessage, TransientError
+from app.providers.base import BlockingProvider, PermanentError, SentMessage, TransientError
 from app.settings import Settings
 
 
-class ScriptedProvider:
+class ScriptedProvider(BlockingProvider):
     name = "scripted"
     can_reconcile = True
 

@@ -1,0 +1,236 @@
+"""Recording: one writer thread per process takes every batch's outcomes and writes them in
+groups (at most FLUSH_ROWS, or after FLUSH_SECONDS), one statement per kind of outcome, then
+counts each into its batch's report. A batch is done when its last text is counted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from queue import Empty, SimpleQueue
+
+from sqlalchemy import Engine
+
+from app.aioloop import monotonic
+from app.db import ledger
+from app.domain.phones import mask_phone
+from app.services.send.delivery import CircuitChange, Delivered
+from app.services.send.prepare import Text
+from app.services.send.report import SendReport
+
+log = logging.getLogger("app.engine")
+
+FLUSH_ROWS = 100
+FLUSH_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Waits:
+    """A text that was not claimed waits, ``pending``, until ``until`` (``DEFERRED`` or
+    ``HELD``)."""
+
+    until: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Someone else claimed the row first, or it is no longer due: nothing to write."""
+
+
+Note = Delivered | Waits | Lost
+
+
+class Batch:
+    """One submitted batch: its report fills as its texts' notes are written."""
+
+    def __init__(self, report: SendReport, total: int, on_done: Callable[[], None]) -> None:
+        self.report = report
+        self.total = total
+        self.counted = 0
+        self.future: Future[SendReport] = Future()
+        self._on_done = on_done
+
+    def counted_more(self, n: int) -> None:
+        self.counted += n
+        if self.counted >= self.total and not self.future.done():
+            self.future.set_result(self.report)
+            self._on_done()
+
+    def fail(self, exc: BaseException, n: int) -> None:
+        """Notes that could not be written: their rows stay as they were (the sweeper's job)."""
+        self.counted += n
+        if not self.future.done():
+            self.future.set_exception(exc)
+            self._on_done()
+
+
+_Item = tuple[Batch, Text, Note] | CircuitChange
+_STOP = object()
+
+
+class Recorder:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._queue: SimpleQueue[_Item | object] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, batch: Batch, text: Text, note: Note) -> None:
+        self._ensure_thread()
+        self._queue.put((batch, text, note))
+
+    def circuit(self, change: CircuitChange) -> None:
+        self._ensure_thread()
+        self._queue.put(change)
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout=30)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="sms-outcomes", daemon=True
+                    )
+                    self._thread.start()
+
+    def _run(self) -> None:
+        buffer: list[_Item] = []
+        first = 0.0
+        while True:
+            wait = max(FLUSH_SECONDS - (monotonic() - first), 0.0) if buffer else None
+            try:
+                item = self._queue.get(timeout=wait)
+            except Empty:
+                pass
+            else:
+                if item is _STOP:
+                    if buffer:
+                        self._write(buffer)
+                    return
+                if not buffer:
+                    first = monotonic()
+                buffer.append(item)  # type: ignore[arg-type]
+            if buffer and (len(buffer) >= FLUSH_ROWS or monotonic() - first >= FLUSH_SECONDS):
+                self._write(buffer)
+                buffer = []
+
+    def _write(self, items: list[_Item]) -> None:
+        now = self._clock()
+        notes = [i for i in items if not isinstance(i, CircuitChange)]
+        outcomes = [(b, t, n) for b, t, n in notes if isinstance(n, Delivered)]
+        waits: dict[tuple[datetime, str], list[int]] = {}
+        for _, t, n in notes:
+            if isinstance(n, Waits):
+                waits.setdefault((n.until, n.reason), []).append(t.row.id)
+        try:
+            with self._engine.begin() as conn:
+                for change in (i for i in items if isinstance(i, CircuitChange)):
+                    ledger.save_circuit(
+                        conn,
+                        account=change.account,
+                        opened_at=change.opened_at,
+                        failures=change.failures,
+                        numbers=change.numbers,
+                        now=now,
+                    )
+                for _, t, n in outcomes:
+                    if n.opted_out and t.row.phone_e164:
+                        ledger.add_opt_out(
+                            conn,
+                            org_id=t.org.id,
+                            phone_e164=t.row.phone_e164,
+                            source="provider",
+                            now=now,
+                        )
+                moved = ledger.record(conn, [n.outcome for _, _, n in outcomes], now=now)
+                for (until, reason), ids in waits.items():
+                    ledger.wait(conn, ids, until=until, reason=reason, now=now)
+        except Exception as exc:
+            log.exception("could not record %d outcomes; the sweeper will settle them", len(notes))
+            by_batch: dict[int, tuple[Batch, int]] = {}
+            for b, _, _ in notes:
+                by_batch[id(b)] = (b, by_batch.get(id(b), (b, 0))[1] + 1)
+            for b, failed in by_batch.values():
+                b.fail(exc, failed)
+            return
+        # Outcomes someone else settled first count as lost (which of a kind's rows they were
+        # is not known, only how many).
+        lost: set[int] = set()
+        for kind, n_moved in moved.items():
+            of_kind = [id(n) for _, _, n in outcomes if type(n.outcome) is kind]
+            if n_moved < len(of_kind):
+                log.warning("%d outcomes found their rows already moved", len(of_kind) - n_moved)
+                lost.update(of_kind[n_moved:])
+        counted: dict[int, tuple[Batch, int]] = {}
+        for b, t, n in notes:
+            _tally(b.report, t, n, lost=id(n) in lost)
+            if isinstance(n, Delivered) and id(n) not in lost:
+                _log_outcome(t, n.outcome)
+            counted[id(b)] = (b, counted.get(id(b), (b, 0))[1] + 1)
+        for b, n_counted in counted.values():
+            b.counted_more(n_counted)
+
+
+def _tally(report: SendReport, text: Text, note: Note, *, lost: bool) -> None:
+    if lost or isinstance(note, Lost):
+        report.count("lost")
+        return
+    if isinstance(note, Waits):
+        counter, until = ("held" if note.reason == ledger.HELD else "deferred"), note.until
+    else:
+        o = note.outcome
+        match o:
+            case ledger.Sent():
+                counter, until = "sent", None
+            case ledger.Retry():
+                counter, until = "retrying", None
+                report.retry_at.append(o.at)
+            case ledger.Failed():
+                counter, until = "failed", None
+            case ledger.Unknown():
+                counter, until = "unknown", None
+            case ledger.PutBack():
+                counter, until = ("held" if o.reason == ledger.HELD else "deferred"), o.until
+    report.count(counter)
+    if counter == "held" and until is not None:
+        report.note_held(text.org.slug, until)
+
+
+def _log_outcome(text: Text, o: ledger.Outcome) -> None:
+    if isinstance(o, ledger.PutBack) and o.reason == ledger.DEFERRED and not o.code:
+        return
+    row = text.row
+    code: str | None = None
+    match o:
+        case ledger.Sent():
+            what, level, reason = "sent", logging.INFO, None
+        case ledger.Retry():
+            what, level, reason, code = "retry scheduled", logging.INFO, "retrying", o.code
+        case ledger.Failed():
+            what, level, reason, code = "failed", logging.WARNING, o.reason, o.code
+        case ledger.Unknown():
+            what, level, reason, code = "unknown", logging.WARNING, "outcome_unknown", o.code
+        case ledger.PutBack():
+            what, level, reason, code = "put back", logging.INFO, o.reason, o.code
+    log.log(
+        level,
+        "text %s org=%s id=%d to=%s attempt=%d%s%s",
+        what,
+        text.org.slug,
+        row.id,
+        mask_phone(row.phone_e164 or row.phone),
+        o.attempt,
+        f" code={code}" if code else "",
+        f" reason={reason}" if reason else "",
+    )
