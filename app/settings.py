@@ -144,7 +144,9 @@ class Settings:
     max_segments: int = _env("SMS_MAX_SEGMENTS", _positive_int, 3)
     # Sends in flight at once per process: the provider is slow, so throughput comes from overlap.
     send_concurrency: int = _env("SMS_CONCURRENCY", _positive_int, 32)
-    rate_per_second: float = _env("SMS_RATE_PER_SECOND", _positive_float, 10.0)
+    # Message segments per second per sender (a 3-segment text takes 3); 1 is a US long code's
+    # allowance, the safe default (README: "Sizing the rate").
+    rate_per_second: float = _env("SMS_RATE_PER_SECOND", _positive_float, 1.0)
     send_batch_size: int = _env("SMS_BATCH_SIZE", _positive_int, 200)
     # Send batches one worker process works on at once (each its own senders' slots): a process
     # takes the next batch while earlier ones wait for slots and answers.
@@ -204,7 +206,37 @@ class Settings:
                 f"REMINDER_SEND_TIME={moment:%H:%M} is outside REMINDER_SEND_WINDOW="
                 f"{start:%H:%M}-{end:%H:%M}; choose a send time inside the window"
             )
+        longest = settings.longest_send_seconds
+        if settings.stale_sending_seconds <= longest:
+            raise ConfigError(
+                f"REMINDER_STALE_SENDING_SECONDS={settings.stale_sending_seconds:g} is not longer "
+                f"than a send may take ({longest:g} s: "
+                + (
+                    f"TWILIO_TIMEOUT_SECONDS={settings.twilio_timeout_seconds:g} to read the "
+                    "answer, up to 6 s to connect, and 3 s to claim and record it"
+                    if settings.sms_provider == "twilio"
+                    else "3 s to claim it and record its outcome"
+                )
+                + "): the sweeper would take texts still in flight for dead; "
+                f"set it above {longest:g}"
+            )
         return settings
+
+    @property
+    def longest_send_seconds(self) -> float:
+        """The longest a live worker keeps a row in ``sending``: from its claim, just before the
+        request (a second at most, with one fresh slot if the claim came back late), through
+        the provider's answer (its timeouts) to the outcome's write (2 s at most)."""
+        record = 1.0 + 2.0
+        if self.sms_provider == "twilio":
+            return self.twilio_send_deadline + record
+        return record
+
+    @property
+    def twilio_send_deadline(self) -> float:
+        """The most a Twilio request may take: connecting (at most 5 s), then reading the
+        answer (TWILIO_TIMEOUT_SECONDS), and a second's grace."""
+        return min(5.0, self.twilio_timeout_seconds) + self.twilio_timeout_seconds + 1.0
 
     @property
     def broker_url(self) -> str:

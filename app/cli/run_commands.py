@@ -203,6 +203,12 @@ def status_cmd(on_date: date | None, as_json: bool) -> None:
         if slug in held:
             line += f"; held for the window until {held[slug]:%Y-%m-%d %H:%M} UTC"
         click.echo(f"{slug:<16} {line or 'no reminders'}")
+    for account, since in sorted(runner.open_circuits(engine()).items()):
+        click.echo(
+            f"circuit open for {account} since {since:%Y-%m-%d %H:%M:%S} UTC: the provider "
+            "fails for every number; texts wait (pending, their retries kept) and one request "
+            "at a time probes it"
+        )
 
 
 @click.command("messages")

@@ -75,7 +75,8 @@ class Breaker:
 
     def wait_hint(self, now: float) -> float:
         """How long a text turned away should wait before it is tried again: a little longer
-        the longer the outage has lasted, from one probe interval up to a minute."""
+        the longer the outage has lasted, from one probe interval up to 15 s (so the texts are
+        back soon after the provider is)."""
         if self.opened_at is None:
             return 0.0
-        return min(60.0, max(self.probe_every, (now - self.opened_at) / 2))
+        return min(15.0, max(self.probe_every, (now - self.opened_at) / 4))

@@ -190,7 +190,9 @@ class TwilioProvider:
         self._version = async_messages.messages._version
         self._create_uri = async_messages.messages._uri
         # A last resort if the loop itself stalls: the HTTP timeouts normally end a send first.
-        self._deadline = connect_timeout + 2 * read_timeout + 5.0
+        # Inside REMINDER_STALE_SENDING_SECONDS by the settings' own check (a claimed row's
+        # request must end before the sweeper may take it for dead).
+        self._deadline = settings.twilio_send_deadline
         self._status_callback = (
             settings.webhook_base_url.rstrip("/") + STATUS_CALLBACK_PATH
             if settings.webhook_base_url

@@ -263,8 +263,9 @@ def retry_waits(
     now: datetime,
     max_wait_seconds: float,
 ) -> dict[int, list[int]]:
-    """Rows of ``ids`` put back for a retry since ``since`` and due within ``max_wait_seconds``,
-    by whole seconds to wait (rounded up, so the message never arrives before the row is due)."""
+    """Rows of ``ids`` put back since ``since`` (for a retry, or deferred for a later slot) and
+    due within ``max_wait_seconds``, by whole seconds to wait (rounded up, so the message never
+    arrives before the row is due)."""
     if not ids:
         return {}
     horizon = now + timedelta(seconds=max_wait_seconds)
@@ -272,7 +273,7 @@ def retry_waits(
         select(Reminder.id, Reminder.next_attempt_at).where(
             Reminder.id.in_(list(ids)),
             Reminder.status == "pending",
-            Reminder.reason == "retrying",
+            Reminder.reason.in_(("retrying", ledger.DEFERRED)),
             Reminder.updated_at >= since,
             Reminder.next_attempt_at <= horizon,
         )

@@ -281,6 +281,13 @@ def held_until(engine: Engine) -> dict[str, datetime]:
     return {slugs[org_id]: at for org_id, at in opens.items()}
 
 
+def open_circuits(engine: Engine) -> dict[str, datetime]:
+    """Provider accounts whose circuit breaker is open (the provider failing for everyone), and
+    since when."""
+    with engine.connect() as conn:
+        return ledger.open_circuits(conn)
+
+
 def status_counts(engine: Engine, *, on_date: date | None = None) -> dict[str, dict[str, int]]:
     with engine.connect() as conn:
         slugs = dict(conn.execute(select(Organization.id, Organization.slug)).all())

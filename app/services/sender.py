@@ -209,14 +209,22 @@ class Sender:
             for t in left:
                 self._note(batch, t, Waits(at, ledger.DEFERRED))
 
+        loop = asyncio.get_running_loop()
+
         async def start(
             text: Text, slot: float | None, probe: bool, release: Callable[[], None]
         ) -> None:
             try:
                 note = await self._attempt(text, slot, probe)
-            finally:
+            except BaseException:
                 release()
-            self._note(batch, text, note)
+                raise
+
+            def written() -> None:  # on the recorder's thread
+                loop.call_soon_threadsafe(release)
+
+            # The permit is given back once the outcome is written, not before.
+            self._note(batch, text, note, after=written)
 
         await self.pacer.run(
             texts,
@@ -226,9 +234,11 @@ class Sender:
             unprobe=self.delivery.breaker.cancelled_probe,
         )
 
-    def _note(self, batch: Batch, text: Text, note: Note) -> None:
+    def _note(
+        self, batch: Batch, text: Text, note: Note, after: Callable[[], None] | None = None
+    ) -> None:
         self.admission.left(text.key, 1)
-        self.recorder.put(batch, text, note)
+        self.recorder.put(batch, text, note, after)
 
     async def _attempt(self, text: Text, slot: float | None, probe: bool) -> Note:
         """At the text's slot: still due? claimed? then the request."""
@@ -249,17 +259,17 @@ class Sender:
             if probe:
                 breaker.cancelled_probe()
             return Lost()
-        if slot is not None:
-            pause = slot - monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            if monotonic() - slot > LATE_TOLERANCE:
-                # The claim came back too late for the slot: the text takes a later one.
-                if probe:
-                    breaker.cancelled_probe()
-                return Delivered(
-                    ledger.PutBack(text.row.id, attempt, until=now, reason=ledger.DEFERRED)
-                )
+        claimed = monotonic()
+        # Its claim came back too late for its slot and a fresh one: the text goes back.
+        late = slot is not None and not await self._at_slot(text, slot)
+        # A stalled process: the sweeper may soon take this row for dead. Never send it.
+        stalled = monotonic() - claimed > self.settings.stale_sending_seconds / 2
+        if late or stalled:
+            if probe:
+                breaker.cancelled_probe()
+            return Delivered(
+                ledger.PutBack(text.row.id, attempt, until=self.clock(), reason=ledger.DEFERRED)
+            )
         try:
             return await self.delivery.deliver(text, attempt, probe=probe)
         except Exception:
@@ -276,6 +286,21 @@ class Sender:
                     "unexpected error while sending; see the worker log",
                 )
             )
+
+    async def _at_slot(self, text: Text, slot: float) -> bool:
+        """Wait for the slot; True once it has come, within LATE_TOLERANCE. A claim that came
+        back too late for its slot takes a fresh one, once: a claimed row must not linger."""
+        for _ in range(2):
+            pause = slot - monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            if monotonic() - slot <= LATE_TOLERANCE:
+                return True
+            fresh = await self.pacer.rebook(text)
+            if fresh is None:
+                return False
+            slot = fresh
+        return False
 
 
 def _check_running(batch: Batch, running: Future[None]) -> None:

@@ -283,9 +283,10 @@ def _batch_finished(ids: list[int], started: datetime, done: Future[SendReport])
         report.deferred,
         report.lost,
     )
-    if report.retrying:
-        # A retry due soon goes back to the broker with a short countdown; a later one waits in
-        # the ledger for the sweeper (a long countdown would outlive Redis's visibility timeout).
+    if report.retrying or report.deferred:
+        # A retry (or a text deferred to a later slot) due soon goes back to the broker with a
+        # short countdown; a later one waits in the ledger for the sweeper (a long countdown
+        # would outlive Redis's visibility timeout).
         with rt.engine.connect() as conn:
             waits = dispatch.retry_waits(
                 conn,

@@ -128,6 +128,21 @@ def test_a_default_send_time_outside_the_default_window_is_refused(
     assert "REMINDER_SEND_TIME=22:00 is outside REMINDER_SEND_WINDOW=08:00-21:00" in result.error
 
 
+def test_a_stale_sending_limit_shorter_than_a_send_is_refused(sqlite_db: Engine, cli: Cli) -> None:
+    """The sweeper would take texts still in flight for dead, and send them again."""
+    env = {
+        "SMS_PROVIDER": "twilio",
+        "TWILIO_TIMEOUT_SECONDS": "10",
+        "REMINDER_STALE_SENDING_SECONDS": "15",
+    }
+    result = cli("status", env=env)
+    assert result.code != 0
+    assert result.error.startswith("error: REMINDER_STALE_SENDING_SECONDS=15 is not longer than")
+    assert "TWILIO_TIMEOUT_SECONDS=10" in result.error and "set it above 19" in result.error
+    assert len(result.error.strip().splitlines()) == 1
+    assert cli("status", env={**env, "REMINDER_STALE_SENDING_SECONDS": "30"}).code == 0
+
+
 @pytest.mark.parametrize("slug", ["Acme Corp", "acme/1", "", "x" * 65])
 def test_org_add_refuses_bad_slug(sqlite_db: Engine, cli: Cli, slug: str) -> None:
     result = cli("org", "add", slug, "--name", "Acme", "--timezone", "UTC")

@@ -7,19 +7,27 @@ with its pool children, the way a container is killed, and nothing is left behin
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import fields
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import Engine, func, insert, select
 
 from app.db.models import Customer, Reminder, Subscription
+from app.settings import Settings
+from tests.twilio_fake import FakeTwilio
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -196,3 +204,53 @@ def beat(env: Mapping[str, str], tmp: Path, *, name: str = "beat") -> Iterator[P
         yield proc
     finally:
         proc.stop()
+
+
+def twilio_env(fake: FakeTwilio, **overrides: Any) -> dict[str, str]:
+    """``SMS_PROVIDER=twilio`` pointed at this fake: its settings, as the variables that set them.
+
+    ``overrides`` are settings fields (``twilio_timeout_seconds=10.0``).
+    """
+    settings = fake.settings(**overrides)
+    return {
+        f.metadata["env"]: str(getattr(settings, f.name))
+        for f in fields(Settings)
+        if (f.name == "sms_provider" or f.name.startswith("twilio_"))
+        and getattr(settings, f.name) is not None
+    }
+
+
+def most_in_one_second(moments: Iterable[float]) -> int:
+    """The most of these moments (in seconds) inside any half-open window [t, t + 1)."""
+    ordered = sorted(moments)
+    best, lo = 0, 0
+    for hi, t in enumerate(ordered):
+        while t - ordered[lo] >= 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """An AMQP URL for a virtual host of its own on the local RabbitMQ, deleted afterwards.
+
+    Skips the test when RabbitMQ is not listening on 127.0.0.1:5672 or rabbitmqctl is missing.
+    """
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError:
+        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is missing")
+    vhost = f"reminders-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        timeout=60,
+    )
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, timeout=60)

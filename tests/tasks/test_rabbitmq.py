@@ -5,10 +5,7 @@ Each run gets its own virtual host, so parallel runs never share a queue.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from tests.factories import make_org
 from tests.tasks.support import (
     CELERY,
     ROOT,
+    rabbitmq_vhost,
     seed_due,
     sent_counts,
     status_counts,
@@ -31,29 +29,10 @@ from tests.tasks.support import (
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
-def _rabbitmq_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
-    except OSError:
-        return False
-    return shutil.which("rabbitmqctl") is not None
-
-
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
-    if not _rabbitmq_up():
-        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672 (or rabbitmqctl is missing)")
-    vhost = f"reminders-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        timeout=60,
-    )
-    try:
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, timeout=60)
+    with rabbitmq_vhost() as url:
+        yield url
 
 
 @pytest.mark.timeout(300)

@@ -10,7 +10,7 @@ within the rate while that times RATE_MARGIN stays under 1, leaving ~30 ms for a
 reach the provider (bench/send_day.py checks it at the receiving end).
 
 A permit of SMS_CONCURRENCY is taken before each text is claimed (CLAIM_AHEAD before its slot)
-and given back when its outcome is known: a process never holds more claimed rows than that,
+and given back when its outcome is written: a process never holds more claimed rows than that,
 so a crash leaves at most that many texts uncertain. What would wait more than
 ``max_rate_wait`` in all for the sender's slots goes back to the ledger for later; waiting for
 this process's own permits does not count.
@@ -36,6 +36,9 @@ LATE_TOLERANCE = 0.02
 BOOK_AHEAD = 0.25  # seconds of a sender's slots booked at a time
 CLAIM_AHEAD = 0.05  # a text is claimed this long before its slot
 MAX_RATE_WAIT = 20.0
+# A claimed text that missed its slot waits at most this for another, once: a row stays in
+# ``sending`` only for about a second plus its request (Settings.longest_send_seconds).
+REBOOK_WAIT = 0.5
 
 #: Starts a text's attempt at its slot (None: no pacing) as a probe or not; it must call the
 #: given release once its outcome is known.
@@ -84,6 +87,18 @@ class Pacer:
         while started:
             await asyncio.gather(*list(started))
 
+    async def rebook(self, text: Text) -> float | None:
+        """A fresh slot for a claimed text that missed its own (its claim came back late):
+        when it comes (monotonic), or None if none comes within REBOOK_WAIT."""
+        try:
+            first, granted, _ = await self.limiter.reserve_async(
+                text.key, text.rate, text.segments, REBOOK_WAIT
+            )
+        except Exception as exc:  # noqa: BLE001 - the text goes back unsent
+            log.warning("rate limiter failed for %s: %r", text.key, exc)
+            return None
+        return monotonic() + first if granted >= text.segments else None
+
     async def _lane(
         self,
         key: str,
@@ -125,11 +140,16 @@ class Pacer:
             if probe and not granted:
                 unprobe()
             if not granted:
-                until = self.clock() + timedelta(seconds=max(first, 1.0))
+                # No slot in time: each text goes back until about when its slot would come,
+                # so they return a second's worth at a time instead of all at once.
+                opens = self.clock() + timedelta(seconds=max(first, 1.0))
                 log.info(
-                    "rate limit of %s: %d texts wait until %s", key, len(queue), until.isoformat()
+                    "rate limit of %s: %d texts wait from %s", key, len(queue), opens.isoformat()
                 )
-                defer(list(queue), until)
+                ahead = 0
+                for t in queue:
+                    defer([t], opens + timedelta(seconds=int(ahead / rate)))
+                    ahead += t.segments
                 return
             used, went = 0, 0
             while queue and used + queue[0].segments <= granted and not (probe and went):
