@@ -17,12 +17,12 @@ columns each writes is in its type.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, astuple, dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, column, func, or_, select, update, values
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
@@ -285,33 +285,55 @@ def claim_texts(conn: Connection, claims: Sequence[Claim], *, now: datetime) -> 
     a row someone else claimed first, or no longer due, is not among them."""
     won: dict[int, int] = {}
     plain: dict[bool, list[int]] = {}
+    rich: dict[bool, list[Claim]] = {}
     for c in claims:
         if c.text is None:
             plain.setdefault(c.release_held, []).append(c.row_id)
-            continue
-        t = c.text
-        stmt = _claim_stmt([c.row_id], now, c.release_held).values(
-            body=t.body,
-            sender=t.sender,
-            days_left=t.days_left,
-            segments=t.segments,
-            encoding=t.encoding,
-            template_fallback=t.template_fallback,
-        )
-        won.update(conn.execute(stmt).all())
+        else:
+            rich.setdefault(c.release_held, []).append(c)
     for release_held, ids in plain.items():
         won.update(conn.execute(_claim_stmt(ids, now, release_held)).all())
+    for release_held, group in rich.items():
+        won.update(_claim_with_text(conn, group, now=now, release_held=release_held))
     return won
 
 
+_TEXT_COLUMNS = tuple(f.name for f in fields(TextColumns))
+
+
+def _claim_with_text(
+    conn: Connection, claims: list[Claim], *, now: datetime, release_held: bool
+) -> dict[int, int]:
+    """The claim of rows whose text is written with it: one UPDATE … FROM (VALUES …) on
+    PostgreSQL, a statement a row elsewhere (SQLite, the embedded default)."""
+    if conn.dialect.name != "postgresql":
+        won: dict[int, int] = {}
+        for c in claims:
+            assert c.text is not None
+            stmt = _claim_stmt([c.row_id], now, release_held).values(asdict(c.text))
+            won.update(conn.execute(stmt).all())
+        return won
+    table = Reminder.__table__.c
+    given = values(
+        column("row_id", table.id.type),
+        *(column(name, table[name].type) for name in _TEXT_COLUMNS),
+        name="given",
+    ).data([(c.row_id, *astuple(c.text)) for c in claims if c.text is not None])
+    stmt = _claim_where(Reminder.id == given.c.row_id, now, release_held).values(
+        {name: given.c[name] for name in _TEXT_COLUMNS}
+    )
+    return dict(conn.execute(stmt).all())
+
+
 def _claim_stmt(ids: list[int], now: datetime, release_held: bool) -> Any:
+    return _claim_where(Reminder.id.in_(ids), now, release_held)
+
+
+def _claim_where(rows: Any, now: datetime, release_held: bool) -> Any:
+    """pending → sending for ``rows`` still due, the attempt counted; RETURNING (id, attempt)."""
     return (
         update(Reminder)
-        .where(
-            Reminder.id.in_(ids),
-            Reminder.status == PENDING,
-            is_sendable(now, release_held=release_held),
-        )
+        .where(rows, Reminder.status == PENDING, is_sendable(now, release_held=release_held))
         .values(
             status=SENDING,
             attempts=Reminder.attempts + 1,

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.expression import ColumnClause
 
-from app.db.models import Reminder
+from app.db.models import Reminder, UTCDateTime
 
 # Orgs per statement: keeps the IN list well under every driver's parameter limit.
 _ORGS_PER_STATEMENT = 900
@@ -142,6 +142,29 @@ CREATE TEMPORARY TABLE _candidates (
     amount NUMERIC(12, 2), currency VARCHAR(3), local_date DATE, turn BIGINT
 )"""
 
+_PAGE_END_SQL = """
+SELECT turn, org_id FROM _candidates WHERE (turn, org_id) > (:turn, :org_id)
+ORDER BY turn, org_id LIMIT 1 OFFSET :skip
+"""
+
+# A page of candidates into the ledger as they are: pending (or skipped with their reason),
+# no body yet, due now; ``stamp`` is ``updated_at`` (see row_values' ``handed_over``).
+_INSERT_PAGE_SQL = """
+WITH page AS (
+    SELECT * FROM _candidates WHERE (turn, org_id) > (:turn, :org_id)
+    ORDER BY turn, org_id LIMIT :page
+)
+INSERT INTO reminders (org_id, subscription_id, customer_id, expires_on, lead_days, local_date,
+                       days_left, phone, sender, status, reason, attempts, next_attempt_at,
+                       created_at, updated_at)
+SELECT org_id, subscription_id, customer_id, expires_on, lead_days, local_date, days_left,
+       phone, sender, CASE WHEN skip_reason IS NULL THEN 'pending' ELSE 'skipped' END,
+       skip_reason, 0, :now, :now, CASE WHEN skip_reason IS NULL THEN :stamp ELSE :now END
+FROM page WHERE true
+ON CONFLICT (subscription_id, expires_on, lead_days) DO NOTHING
+RETURNING id, status
+"""
+
 _PAGE_SQL = """
 SELECT subscription_id, org_id, customer_id, expires_on, lead_days, days_left, phone, sender,
        skip_reason, customer_name, plan, amount, currency, local_date, turn
@@ -160,12 +183,73 @@ def candidates(
     it. Each page is its own query on the table's (turn, organization) index, so the caller
     may commit between pages; the table lives as long as the connection, until the last page.
     """
+    if not _fill_candidates(conn, org_days):
+        return
+    read = text(_PAGE_SQL).columns(*_RESULT_TYPES)
+    turn, org_id = 0, 0
+    while True:
+        part = conn.execute(read, {"turn": turn, "org_id": org_id, "page": page}).all()
+        if not part:
+            break
+        turn, org_id = part[-1].turn, part[-1].org_id
+        yield [cast(Any, Candidate)(*row[:-1]) for row in part]
+    conn.execute(text("DROP TABLE _candidates"))
+
+
+def insert_candidates(
+    conn: Connection,
+    org_days: Sequence[OrgDay],
+    *,
+    now: datetime,
+    page: int = 5000,
+    handed_over: bool = False,
+) -> Iterator[Inserted]:
+    """``candidates`` written straight into the ledger, page by page, with no body (each text
+    is rendered when it leaves): one INSERT … SELECT … ON CONFLICT DO NOTHING a page, nothing
+    read back but the new ids. What each page added, as ``insert_rows`` says it."""
+    if not _fill_candidates(conn, org_days):
+        return
+    last = text(_PAGE_END_SQL)
+    stamp = now + HANDED_OVER if handed_over else now
+    turn, org_id = 0, 0
+    while True:
+        end = conn.execute(last, {"turn": turn, "org_id": org_id, "skip": page - 1}).first()
+        upto = (end.turn, end.org_id) if end is not None else None
+        params = {
+            "turn": turn,
+            "org_id": org_id,
+            "page": page,
+            "now": _utc(conn, now),
+            "stamp": _utc(conn, stamp),
+        }
+        returned = conn.execute(text(_INSERT_PAGE_SQL), params).all()
+        done = Inserted(counts={}, pending=[])
+        for new_id, status in returned:
+            done.counts[status] = done.counts.get(status, 0) + 1
+            if status == "pending":
+                done.pending.append(int(new_id))
+        done.pending.sort()
+        yield done
+        if upto is None:
+            break
+        turn, org_id = upto
+    conn.execute(text("DROP TABLE _candidates"))
+
+
+def _utc(conn: Connection, moment: datetime) -> datetime:
+    """A timestamp as the ledger's UTC columns store it on this backend (naive on SQLite)."""
+    value = UTCDateTime().process_bind_param(moment, conn.dialect)
+    assert value is not None
+    return value
+
+
+def _fill_candidates(conn: Connection, org_days: Sequence[OrgDay]) -> bool:
     groups: dict[tuple[date, tuple[tuple[int, int], ...]], list[int]] = {}
     for od in org_days:
         if od.offsets:
             groups.setdefault((od.local_date, od.offsets), []).append(od.org_id)
     if not groups:
-        return
+        return False
     conn.execute(text("DROP TABLE IF EXISTS _candidates"))
     conn.execute(text(_CANDIDATE_TABLE))
     for (local_date, offsets), org_ids in groups.items():
@@ -182,15 +266,7 @@ def candidates(
             chunk = org_ids[start : start + _ORGS_PER_STATEMENT]
             conn.execute(fill, {**params, "orgs": chunk})
     conn.execute(text("CREATE INDEX _candidates_turn ON _candidates (turn, org_id)"))
-    read = text(_PAGE_SQL).columns(*_RESULT_TYPES)
-    turn, org_id = 0, 0
-    while True:
-        part = conn.execute(read, {"turn": turn, "org_id": org_id, "page": page}).all()
-        if not part:
-            break
-        turn, org_id = part[-1].turn, part[-1].org_id
-        yield [cast(Any, Candidate)(*row[:-1]) for row in part]
-    conn.execute(text("DROP TABLE _candidates"))
+    return True
 
 
 @dataclass

@@ -8,7 +8,7 @@ process clock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -146,6 +146,7 @@ def plan_day(
     on_date: date | None = None,
     page: int = 5000,
     on_page: Callable[[list[int]], None] | None = None,
+    render: bool = True,
 ) -> PlanReport:
     """Plan every due reminder for each organization's local day, with its rendered body.
 
@@ -160,6 +161,11 @@ def plan_day(
     so they are sent while the next page is rendered (a crash in between loses nothing:
     planned rows are in the ledger, the sweeper enqueues rows whose message was lost, and a
     re-run adds only the rest).
+
+    Without ``render`` the rows are planned with no body: each text is rendered when it
+    leaves (the sender renders what has none, and its claim writes it), so the daily run's
+    plan is the ledger's decisions alone, and a template changed after planning still
+    applies. With it (the manual run and its preview), every planned row shows its text.
     """
     report = PlanReport()
     if on_page is not None and on_date is not None:
@@ -174,16 +180,11 @@ def plan_day(
     ]
     book = TemplateBook(conn, orgs)
     analyzed = 0
-    for candidates in plan_sql.candidates(conn, org_days, page=page):
-        rows = [
-            _planned_row(c, orgs[c.org_id], book, now, handed_over=on_page is not None)
-            for c in candidates
-        ]
-        new = plan_sql.insert_rows(conn, rows)
+    for new in _planned_pages(conn, org_days, orgs, book, now, page, on_page, render):
         report.planned += sum(new.counts.values())
         report.skipped += new.counts.get("skipped", 0)
         report.failed += new.counts.get("failed", 0)
-        report.rendered += new.counts.get("pending", 0)
+        report.rendered += new.counts.get("pending", 0) if render else 0
         if on_page is None:
             continue
         # Statistics when the ledger has doubled since they were last taken: the pages'
@@ -197,6 +198,30 @@ def plan_day(
     if report.planned - analyzed >= plan_sql.REFRESH_STATISTICS_AFTER:
         plan_sql.refresh_statistics(conn)
     return report
+
+
+def _planned_pages(
+    conn: Connection,
+    org_days: list[plan_sql.OrgDay],
+    orgs: dict[int, OrgConfig],
+    book: TemplateBook,
+    now: datetime,
+    page: int,
+    on_page: Callable[[list[int]], None] | None,
+    render: bool,
+) -> Iterator[plan_sql.Inserted]:
+    """Each page's insert: rendered in Python, or (no bodies) straight from SQL."""
+    if not render:
+        yield from plan_sql.insert_candidates(
+            conn, org_days, now=now, page=page, handed_over=on_page is not None
+        )
+        return
+    for candidates in plan_sql.candidates(conn, org_days, page=page):
+        rows = [
+            _planned_row(c, orgs[c.org_id], book, now, handed_over=on_page is not None)
+            for c in candidates
+        ]
+        yield plan_sql.insert_rows(conn, rows)
 
 
 def _planned_row(

@@ -186,7 +186,8 @@ def send_payment_reminder_sms(
                 _enqueue_sends(ids[start : start + size], date)
             enqueued += len(ids)
 
-        report = plan_day(conn, now=now, orgs=orgs, on_page=send_page)
+        # Texts are rendered as they leave (their claim writes them): the plan is decisions.
+        report = plan_day(conn, now=now, orgs=orgs, on_page=send_page, render=False)
         days = {o.id: o.today(now) for o in orgs.values()}
         # A day whose date has passed is done with: nothing restarts it.
         dispatch.mark_planned(

@@ -78,6 +78,44 @@ def test_body_says_the_real_days_left(
     assert row["segments"] == 1 and row["encoding"] == "GSM-7"
 
 
+@freeze_time("2026-06-10 12:00:00")
+def test_the_daily_runs_plan_leaves_the_text_to_be_rendered_as_it_leaves(
+    engine: Engine, sender: Sender, provider: RecordingProvider
+) -> None:
+    """Planned without bodies (the daily run's way), the same rows as a rendered plan; each
+    text is rendered when it is sent, and its claim writes what went."""
+    org = make_org(engine, now=utcnow())
+    for days, phone in ((4, "+12025550141"), (3, "+12025550142"), (1, "bad")):
+        add_subscription(engine, org, expires_on=TODAY + timedelta(days=days), phone=phone)
+    with engine.begin() as conn:
+        report = plan_day(conn, now=utcnow(), orgs=load_orgs(conn), render=False)
+    assert (report.planned, report.skipped, report.rendered) == (3, 1, 0)
+    planned = {r["phone"]: r for r in ledger_rows(engine)}
+    assert {p: (r["status"], r["lead_days"], r["days_left"]) for p, r in planned.items()} == {
+        "+12025550141": ("pending", 5, 4),
+        "+12025550142": ("pending", 3, 3),
+        "bad": ("skipped", 1, 1),
+    }
+    assert all(r["body"] is None for r in planned.values())
+    with engine.begin() as conn:  # a re-run adds nothing
+        assert plan_day(conn, now=utcnow(), orgs=load_orgs(conn), render=False).planned == 0
+    # A template edited after planning still applies: nothing was rendered yet.
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Template).values(
+                org_id=org, lead_days=5, body="{{ days_left }} left", updated_at=utcnow()
+            )
+        )
+    assert run(engine, sender)["sent"] == 2
+    sent = {r["phone"]: r for r in ledger_rows(engine) if r["status"] == "sent"}
+    assert sent["+12025550141"]["body"] == "4 left"
+    assert "in 3 days" in str(sent["+12025550142"]["body"])
+    assert sorted(body for _, body, _ in provider.sent) == sorted(
+        str(r["body"]) for r in sent.values()
+    )
+    assert all(r["segments"] == 1 and r["encoding"] == "GSM-7" for r in sent.values())
+
+
 def test_catch_up_after_missed_days_sends_the_nearest_reminder_once(
     engine: Engine, sender: Sender, provider: RecordingProvider
 ) -> None:
