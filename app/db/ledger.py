@@ -17,12 +17,12 @@ columns each writes is in its type.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, astuple, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, column, func, or_, select, update, values
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
@@ -313,16 +313,41 @@ def _claim_with_text(
             stmt = _claim_stmt([c.row_id], now, release_held).values(asdict(c.text))
             won.update(conn.execute(stmt).all())
         return won
-    table = Reminder.__table__.c
-    given = values(
-        column("row_id", table.id.type),
-        *(column(name, table[name].type) for name in _TEXT_COLUMNS),
-        name="given",
-    ).data([(c.row_id, *astuple(c.text)) for c in claims if c.text is not None])
-    stmt = _claim_where(Reminder.id == given.c.row_id, now, release_held).values(
-        {name: given.c[name] for name in _TEXT_COLUMNS}
-    )
-    return dict(conn.execute(stmt).all())
+    rows = [c for c in claims if c.text is not None]
+    params: dict[str, Any] = {
+        "now": now,
+        "release_held": release_held,
+        "row_ids": [c.row_id for c in rows],
+        **{name: [getattr(c.text, name) for c in rows] for name in _TEXT_COLUMNS},
+    }
+    return dict(conn.execute(_CLAIM_WITH_TEXT, params).all())
+
+
+_TEXT_TYPES = {
+    "body": "TEXT",
+    "sender": "TEXT",
+    "days_left": "INTEGER",
+    "segments": "INTEGER",
+    "encoding": "TEXT",
+    "template_fallback": "TEXT",
+}
+assert tuple(_TEXT_TYPES) == _TEXT_COLUMNS
+
+# One statement, compiled once, for any number of rows: their texts as parallel arrays.
+_CLAIM_WITH_TEXT = text(
+    f"""
+UPDATE reminders AS r
+SET status = 'sending', attempts = r.attempts + 1, claimed_at = :now, updated_at = :now,
+    {", ".join(f"{name} = g.{name}" for name in _TEXT_COLUMNS)}
+FROM unnest(CAST(:row_ids AS BIGINT[]),
+            {", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _TEXT_TYPES.items())})
+     AS g(row_id, {", ".join(_TEXT_COLUMNS)})
+WHERE r.id = g.row_id AND r.status = 'pending'
+  AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= :now
+       OR (:release_held AND r.reason = '{HELD}'))
+RETURNING r.id, r.attempts
+"""
+).bindparams(bindparam("now", type_=Reminder.__table__.c.updated_at.type))
 
 
 def _claim_stmt(ids: list[int], now: datetime, release_held: bool) -> Any:

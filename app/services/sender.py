@@ -81,7 +81,15 @@ class Sender:
             max_rate_wait=max_rate_wait,
             clock=clock,
         )
+        # Batches refused for want of room: what they wanted, so their next try asks first.
+        self._refused: dict[tuple[int, ...], dict[str, tuple[int, float]]] = {}
         _size_thread_pool(settings.send_concurrency)
+
+    def _refuse(self, batch: tuple[int, ...], wanted: dict[str, tuple[int, float]]) -> None:
+        """Remember what a refused batch wanted, for its next try (a few hundred at most)."""
+        if len(self._refused) >= 512:
+            self._refused.pop(next(iter(self._refused)))
+        self._refused[batch] = wanted
 
     @property
     def limiter(self) -> RateLimiter:
@@ -156,6 +164,16 @@ class Sender:
         held for the window.
         """
         report = report if report is not None else SendReport()
+        batch_key = tuple(ids)
+        known = self._refused.pop(batch_key, None)
+        if (
+            known is not None
+            and admit_within is not None
+            and not self.admission.wait_room(known, admit_within)
+        ):
+            # Refused a moment ago, and still no room: no query for it this time.
+            self._refuse(batch_key, known)
+            raise Busy(f"no room for a batch of {len(ids)} in this process")
         with self.engine.connect() as conn:
             org_of, orgs = pending_orgs(conn, ids)
         wanted: dict[str, tuple[int, float]] = {}
@@ -164,6 +182,7 @@ class Sender:
             wanted[key] = (wanted.get(key, (0, rate))[0] + 1, rate)
         if admit_within is not None:
             if not self.admission.enter(wanted, admit_within):
+                self._refuse(batch_key, wanted)
                 raise Busy(f"no room for a batch of {len(ids)} in this process")
         elif not self.admission.enter(wanted, ADMIT_TIMEOUT):
             log.warning("no room for a send batch after %d s; taking it anyway", ADMIT_TIMEOUT)

@@ -12,12 +12,16 @@ from queue import Empty, SimpleQueue
 
 from sqlalchemy import Engine
 
+from app.aioloop import monotonic
 from app.db import ledger
 from app.services.send.prepare import Text
 
 log = logging.getLogger("app.engine")
 
 MAX_PER_CLAIM = 500
+# The claimer gathers what comes within this long into one statement (texts are claimed
+# CLAIM_AHEAD before their slots, so a few milliseconds cost no text its slot).
+GATHER_SECONDS = 0.04
 
 _Waiting = tuple[Text, "asyncio.Future[int | None]", asyncio.AbstractEventLoop]
 _STOP = object()
@@ -63,9 +67,10 @@ class Claimer:
                 return
             waiting = [first]
             stop = False
+            until = monotonic() + GATHER_SECONDS
             while len(waiting) < MAX_PER_CLAIM:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=max(0.0, until - monotonic()))
                 except Empty:
                     break
                 if more is _STOP:

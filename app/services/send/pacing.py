@@ -34,7 +34,7 @@ log = logging.getLogger("app.engine")
 RATE_MARGIN = 0.95
 LATE_TOLERANCE = 0.02
 BOOK_AHEAD = 0.25  # seconds of a sender's slots booked at a time
-CLAIM_AHEAD = 0.05  # a text is claimed this long before its slot
+CLAIM_AHEAD = 0.1  # a text is claimed this long before its slot (many in one statement)
 MAX_RATE_WAIT = 20.0
 # A claimed text that missed its slot waits at most this for another, once: a row stays in
 # ``sending`` only for about a second plus its request (Settings.longest_send_seconds).
