@@ -225,7 +225,7 @@ class Settings:
     @property
     def longest_send_seconds(self) -> float:
         """The longest a live worker keeps a row in ``sending``: from its claim, just before the
-        request (a second at most, with one fresh slot if the claim came back late), through
+        request (a second at most, fresh slots included if the claim came back late), through
         the provider's answer (its timeouts) to the outcome's write (2 s at most)."""
         record = 1.0 + 2.0
         if self.sms_provider == "twilio":

@@ -521,13 +521,39 @@ def _params(o: Outcome, now: datetime) -> dict[str, Any]:
 def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> dict[type, int]:
     """Write outcomes, one statement per kind; returns how many rows each kind moved (an
     outcome whose row is no longer in that attempt moves nothing: someone settled it first)."""
-    by_kind: dict[type, list[dict[str, Any]]] = {}
+    by_kind: dict[type, list[Outcome]] = {}
     for o in outcomes:
-        by_kind.setdefault(type(o), []).append(_params(o, now))
-    return {
-        kind: conn.execute(_OUTCOME_SQL[kind], params).rowcount or 0
-        for kind, params in by_kind.items()
-    }
+        by_kind.setdefault(type(o), []).append(o)
+    moved: dict[type, int] = {}
+    for kind, group in by_kind.items():
+        if kind is Sent and conn.dialect.name == "postgresql":
+            # The common case, the whole group in one statement.
+            sent = cast(list[Sent], group)
+            params = {
+                "now": now,
+                "row_ids": [o.row_id for o in sent],
+                "attempts": [o.attempt for o in sent],
+                "message_ids": [o.message_id for o in sent],
+                "sent_ats": [o.sent_at for o in sent],
+            }
+            moved[kind] = conn.execute(_SENT_MANY, params).rowcount or 0
+        else:
+            params_list = [_params(o, now) for o in group]
+            moved[kind] = conn.execute(_OUTCOME_SQL[kind], params_list).rowcount or 0
+    return moved
+
+
+_SENT_MANY = text(
+    f"""
+UPDATE reminders AS r
+SET status = '{SENT}', provider_message_id = g.message_id, sent_at = g.sent_at,
+    reason = NULL, error_code = NULL, error_message = NULL, updated_at = :now
+FROM unnest(CAST(:row_ids AS BIGINT[]), CAST(:attempts AS INTEGER[]),
+            CAST(:message_ids AS TEXT[]), CAST(:sent_ats AS TIMESTAMPTZ[]))
+     AS g(row_id, attempt, message_id, sent_at)
+WHERE r.id = g.row_id AND r.status = '{SENDING}' AND r.attempts = g.attempt
+"""
+).bindparams(bindparam("now", type_=Reminder.__table__.c.updated_at.type))
 
 
 # --- what a text is sent from -------------------------------------------------------------------

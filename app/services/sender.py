@@ -45,6 +45,9 @@ __all__ = ["MAX_RATE_WAIT", "Busy", "SendReport", "Sender"]
 
 log = logging.getLogger("app.engine")
 
+#: A claimed text that missed its slot takes fresh ones for at most this long after its claim,
+#: then goes back unsent (Settings.longest_send_seconds counts it).
+CLAIM_HOLD = 1.0
 #: A run that must not give its batch back waits this long for room, then takes it anyway.
 ADMIT_TIMEOUT = 120.0
 
@@ -80,6 +83,7 @@ class Sender:
             concurrency=settings.send_concurrency,
             max_rate_wait=max_rate_wait,
             clock=clock,
+            claim_ahead=self.claims.ahead,
         )
         # Batches refused for want of room: what they wanted, so their next try asks first.
         self._refused: dict[tuple[int, ...], dict[str, tuple[int, float]]] = {}
@@ -229,19 +233,21 @@ class Sender:
                 self._note(batch, t, Waits(at, ledger.DEFERRED))
 
         loop = asyncio.get_running_loop()
+        permits = self.pacer.permits
 
-        async def start(
-            text: Text, slot: float | None, probe: bool, release: Callable[[], None]
-        ) -> None:
+        def release(n: int) -> None:
+            for _ in range(n):
+                permits.release()
+
+        def written(n: int) -> None:  # on the recorder's thread, once per group
+            loop.call_soon_threadsafe(release, n)
+
+        async def start(text: Text, slot: float | None, probe: bool) -> None:
             try:
                 note = await self._attempt(text, slot, probe)
             except BaseException:
-                release()
+                permits.release()
                 raise
-
-            def written() -> None:  # on the recorder's thread
-                loop.call_soon_threadsafe(release)
-
             # The permit is given back once the outcome is written, not before.
             self._note(batch, text, note, after=written)
 
@@ -254,7 +260,7 @@ class Sender:
         )
 
     def _note(
-        self, batch: Batch, text: Text, note: Note, after: Callable[[], None] | None = None
+        self, batch: Batch, text: Text, note: Note, after: Callable[[int], None] | None = None
     ) -> None:
         self.admission.left(text.key, 1)
         self.recorder.put(batch, text, note, after)
@@ -308,18 +314,21 @@ class Sender:
 
     async def _at_slot(self, text: Text, slot: float) -> bool:
         """Wait for the slot; True once it has come, within LATE_TOLERANCE. A claim that came
-        back too late for its slot takes a fresh one, once: a claimed row must not linger."""
-        for _ in range(2):
+        back too late for its slot (a busy process) takes fresh ones, for CLAIM_HOLD seconds
+        from the claim at most: a claimed row must not linger."""
+        give_up = monotonic() + CLAIM_HOLD
+        while True:
             pause = slot - monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
             if monotonic() - slot <= LATE_TOLERANCE:
                 return True
+            if monotonic() >= give_up:
+                return False
             fresh = await self.pacer.rebook(text)
-            if fresh is None:
+            if fresh is None or fresh > give_up:
                 return False
             slot = fresh
-        return False
 
 
 def _check_running(batch: Batch, running: Future[None]) -> None:

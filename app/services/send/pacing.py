@@ -40,9 +40,9 @@ MAX_RATE_WAIT = 20.0
 # ``sending`` only for about a second plus its request (Settings.longest_send_seconds).
 REBOOK_WAIT = 0.5
 
-#: Starts a text's attempt at its slot (None: no pacing) as a probe or not; it must call the
-#: given release once its outcome is known.
-Start = Callable[[Text, float | None, bool, Callable[[], None]], Coroutine[None, None, None]]
+#: Starts a text's attempt at its slot (None: no pacing) as a probe or not; it holds one of
+#: ``Pacer.permits`` and must give it back once its outcome is written.
+Start = Callable[[Text, float | None, bool], Coroutine[None, None, None]]
 #: Texts that go back to the ledger unclaimed, until when (None: until the circuit's hint).
 Defer = Callable[[list[Text], datetime | None], None]
 
@@ -55,12 +55,21 @@ class Pacer:
         concurrency: int,
         max_rate_wait: float,
         clock: Callable[[], datetime],
+        claim_ahead: Callable[[], float] = lambda: CLAIM_AHEAD,
     ) -> None:
+        self.claim_ahead = claim_ahead
         self.limiter = limiter
         self.concurrency = concurrency
         self.max_rate_wait = max_rate_wait
         self.clock = clock
         self._permits: asyncio.Semaphore | None = None  # made on the loop, for the process
+
+    @property
+    def permits(self) -> asyncio.Semaphore:
+        """SMS_CONCURRENCY permits for the process's claimed texts (made on the loop)."""
+        if self._permits is None:
+            self._permits = asyncio.Semaphore(self.concurrency)
+        return self._permits
 
     async def run(
         self,
@@ -72,8 +81,6 @@ class Pacer:
         unprobe: Callable[[], None],
     ) -> None:
         """Pace these texts, each sender on its own; returns when every attempt has ended."""
-        if self._permits is None:
-            self._permits = asyncio.Semaphore(self.concurrency)
         by_key: dict[str, deque[Text]] = {}
         for t in texts:
             by_key.setdefault(t.key, deque()).append(t)
@@ -109,8 +116,7 @@ class Pacer:
         admit: Callable[[], Admit],
         unprobe: Callable[[], None],
     ) -> None:
-        assert self._permits is not None
-        permits = self._permits
+        permits = self.permits
         loop = asyncio.get_running_loop()
         rate = queue[0].rate
         chunk = max(1, int(rate * BOOK_AHEAD))
@@ -154,7 +160,7 @@ class Pacer:
             used, went = 0, 0
             while queue and used + queue[0].segments <= granted and not (probe and went):
                 slot = base + used * spacing
-                pause = slot - CLAIM_AHEAD - monotonic()
+                pause = slot - self.claim_ahead() - monotonic()
                 if pause > 0:
                     waited += pause
                     await asyncio.sleep(pause)
@@ -166,7 +172,7 @@ class Pacer:
                 used += text.segments
                 went += 1
                 task: asyncio.Task[None] = loop.create_task(
-                    start(text, slot if spacing else None, probe, permits.release)
+                    start(text, slot if spacing else None, probe)
                 )
                 started.add(task)
                 task.add_done_callback(started.discard)

@@ -68,9 +68,10 @@ class Batch:
             self._on_done()
 
 
-#: A note, and what to call once it is written (a claimed text's permit is given back then:
-#: a process never has more rows in ``sending`` than SMS_CONCURRENCY).
-_Item = tuple[Batch, Text, Note, Callable[[], None] | None] | CircuitChange
+#: A note, and what to call once it is written, with how many such notes a group held (a
+#: claimed text's permit is given back then: a process never has more rows in ``sending``
+#: than SMS_CONCURRENCY).
+_Item = tuple[Batch, Text, Note, Callable[[int], None] | None] | CircuitChange
 _STOP = object()
 
 
@@ -83,7 +84,7 @@ class Recorder:
         self._lock = threading.Lock()
 
     def put(
-        self, batch: Batch, text: Text, note: Note, after: Callable[[], None] | None = None
+        self, batch: Batch, text: Text, note: Note, after: Callable[[int], None] | None = None
     ) -> None:
         self._ensure_thread()
         self._queue.put((batch, text, note, after))
@@ -133,9 +134,15 @@ class Recorder:
         try:
             self._write_notes(items)
         finally:
+            # What waits for the group to be written (permits), called once per distinct
+            # callable with how many of its notes there were.
+            after: dict[int, tuple[Callable[[int], None], int]] = {}
             for item in items:
                 if not isinstance(item, CircuitChange) and item[3] is not None:
-                    item[3]()
+                    done = item[3]
+                    after[id(done)] = (done, after.get(id(done), (done, 0))[1] + 1)
+            for done, n in after.values():
+                done(n)
 
     def _write_notes(self, items: list[_Item]) -> None:
         now = self._clock()
