@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import Engine
 
@@ -34,8 +34,8 @@ from app.services.engine import OrgConfig
 from app.services.ratelimit import NoRateLimit, RateLimiter
 from app.services.send.admission import Admission
 from app.services.send.claims import Claimer
-from app.services.send.delivery import Delivered, Delivery, still_true
-from app.services.send.pacing import LATE_TOLERANCE, MAX_RATE_WAIT, RATE_MARGIN, Pacer
+from app.services.send.delivery import Delivered, Delivery
+from app.services.send.pacing import MAX_RATE_WAIT, RATE_MARGIN, Claimed, Hooks, Pacer
 from app.services.send.prepare import Text, pending_orgs, prepare
 from app.services.send.recording import Batch, Lost, Note, Recorder, Waits
 from app.services.send.report import SendReport
@@ -45,9 +45,6 @@ __all__ = ["MAX_RATE_WAIT", "Busy", "SendReport", "Sender"]
 
 log = logging.getLogger("app.engine")
 
-#: A claimed text that missed its slot takes fresh ones for at most this long after its claim,
-#: then goes back unsent (Settings.longest_send_seconds counts it).
-CLAIM_HOLD = 1.0
 #: A run that must not give its batch back waits this long for room, then takes it anyway.
 ADMIT_TIMEOUT = 120.0
 
@@ -227,11 +224,6 @@ class Sender:
         return batch.future
 
     async def _run(self, batch: Batch, texts: list[Text]) -> None:
-        def defer(left: list[Text], until: datetime | None) -> None:
-            at = until if until is not None else self.delivery.wait_until()
-            for t in left:
-                self._note(batch, t, Waits(at, ledger.DEFERRED))
-
         loop = asyncio.get_running_loop()
         permits = self.pacer.permits
 
@@ -242,21 +234,31 @@ class Sender:
         def written(n: int) -> None:  # on the recorder's thread, once per group
             loop.call_soon_threadsafe(release, n)
 
-        async def start(text: Text, slot: float | None, probe: bool) -> None:
+        async def start(c: Claimed, probe: bool) -> None:
             try:
-                note = await self._attempt(text, slot, probe)
+                note = await self._request(c, probe)
             except BaseException:
                 permits.release()
                 raise
             # The permit is given back once the outcome is written, not before.
-            self._note(batch, text, note, after=written)
+            self._note(batch, c.text, note, after=written)
+
+        def give_back(c: Claimed) -> None:
+            put_back = ledger.PutBack(c.text.row.id, c.attempt, self.clock(), ledger.DEFERRED)
+            self._note(batch, c.text, Delivered(put_back), after=written)
 
         await self.pacer.run(
             texts,
-            start=start,
-            defer=defer,
-            admit=self.delivery.admit,
-            unprobe=self.delivery.breaker.cancelled_probe,
+            Hooks(
+                admit=self.delivery.admit,
+                unprobe=self.delivery.breaker.cancelled_probe,
+                claim=self.claims.claim,
+                start=start,
+                give_back=give_back,
+                wait=lambda t, until, reason: self._note(batch, t, Waits(until, reason)),
+                lost=lambda t: self._note(batch, t, Lost()),
+                defer_until=self.delivery.wait_until,
+            ),
         )
 
     def _note(
@@ -265,36 +267,14 @@ class Sender:
         self.admission.left(text.key, 1)
         self.recorder.put(batch, text, note, after)
 
-    async def _attempt(self, text: Text, slot: float | None, probe: bool) -> Note:
-        """At the text's slot: still due? claimed? then the request."""
-        breaker = self.delivery.breaker
-        now = self.clock()
-        back = still_true(text, now)
-        if back is not None:
+    async def _request(self, c: Claimed, probe: bool) -> Note:
+        """A claimed text at its slot: the request, and what its answer means."""
+        text, attempt = c.text, c.attempt
+        if monotonic() - c.at > self.settings.stale_sending_seconds / 2:
+            # A stalled process: the sweeper may soon take this row for dead. Never send it.
             if probe:
-                breaker.cancelled_probe()
-            return Waits(*back)
-        try:
-            attempt = await self.claims.claim(text)
-        except Exception:  # noqa: BLE001 - logged by the claimer; nothing was claimed
-            if probe:
-                breaker.cancelled_probe()
-            return Waits(now + timedelta(seconds=1), ledger.DEFERRED)
-        if attempt is None:
-            if probe:
-                breaker.cancelled_probe()
-            return Lost()
-        claimed = monotonic()
-        # Its claim came back too late for its slot and a fresh one: the text goes back.
-        late = slot is not None and not await self._at_slot(text, slot)
-        # A stalled process: the sweeper may soon take this row for dead. Never send it.
-        stalled = monotonic() - claimed > self.settings.stale_sending_seconds / 2
-        if late or stalled:
-            if probe:
-                breaker.cancelled_probe()
-            return Delivered(
-                ledger.PutBack(text.row.id, attempt, until=self.clock(), reason=ledger.DEFERRED)
-            )
+                self.delivery.breaker.cancelled_probe()
+            return Delivered(ledger.PutBack(text.row.id, attempt, self.clock(), ledger.DEFERRED))
         try:
             return await self.delivery.deliver(text, attempt, probe=probe)
         except Exception:
@@ -302,7 +282,7 @@ class Sender:
                 "unexpected error sending ledger row %d of %s", text.row.id, text.org.slug
             )
             if probe:
-                breaker.cancelled_probe()
+                self.delivery.breaker.cancelled_probe()
             return Delivered(
                 ledger.Unknown(
                     text.row.id,
@@ -311,24 +291,6 @@ class Sender:
                     "unexpected error while sending; see the worker log",
                 )
             )
-
-    async def _at_slot(self, text: Text, slot: float) -> bool:
-        """Wait for the slot; True once it has come, within LATE_TOLERANCE. A claim that came
-        back too late for its slot (a busy process) takes fresh ones, for CLAIM_HOLD seconds
-        from the claim at most: a claimed row must not linger."""
-        give_up = monotonic() + CLAIM_HOLD
-        while True:
-            pause = slot - monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            if monotonic() - slot <= LATE_TOLERANCE:
-                return True
-            if monotonic() >= give_up:
-                return False
-            fresh = await self.pacer.rebook(text)
-            if fresh is None or fresh > give_up:
-                return False
-            slot = fresh
 
 
 def _check_running(batch: Batch, running: Future[None]) -> None:

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from queue import Empty, SimpleQueue
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -19,12 +18,12 @@ from app.services.send.prepare import Text
 
 log = logging.getLogger("app.engine")
 
-MAX_PER_CLAIM = 500
+MAX_PER_CLAIM = 100  # callers (lanes) per statement
 # The claimer gathers what comes within this long into one statement (texts are claimed
 # CLAIM_AHEAD before their slots, so a few milliseconds cost no text its slot).
 GATHER_SECONDS = 0.02
 
-_Waiting = tuple[Text, "asyncio.Future[int | None]", asyncio.AbstractEventLoop]
+_Waiting = tuple[list[Text], "asyncio.Future[dict[int, int]]", asyncio.AbstractEventLoop]
 _STOP = object()
 
 
@@ -38,18 +37,18 @@ class Claimer:
         self._lock = threading.Lock()
 
     def ahead(self) -> float:
-        """How long before its slot a text should be claimed: room for the gathering and a
-        few of the recent round trips (a busy process claims earlier)."""
+        """How long before its slot a text should be claimed: room for a few of the recent
+        round trips (a busy process claims earlier)."""
         return min(0.5, max(0.12, 4 * self.latency))
 
-    async def claim(self, text: Text) -> int | None:
-        """Claim the text's row: its attempt number, or None if it is no longer ours to send
-        (someone else claimed it, or it is no longer due)."""
+    async def claim(self, texts: list[Text]) -> dict[int, int]:
+        """Claim these texts' rows: {row id: attempt} of those won; a row missing is no longer
+        ours to send (someone else claimed it, or it is no longer due)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[int | None] = loop.create_future()
+        future: asyncio.Future[dict[int, int]] = loop.create_future()
         self._ensure_thread()
         asked = monotonic()
-        self._queue.put((text, future, loop))
+        self._queue.put((texts, future, loop))
         try:
             return await future
         finally:
@@ -93,30 +92,31 @@ class Claimer:
                 return
 
     def _claim(self, waiting: list[_Waiting]) -> None:
-        claims = [ledger.Claim(t.row.id, t.ignore_window, t.changes) for t, _, _ in waiting]
+        claims = [
+            ledger.Claim(t.row.id, t.ignore_window, t.changes)
+            for texts, _, _ in waiting
+            for t in texts
+        ]
+        won: dict[int, int] | BaseException
         try:
             with self._engine.begin() as conn:
                 won = ledger.claim_texts(conn, claims, now=self._clock())
-        except Exception as exc:  # noqa: BLE001 - nothing claimed: each text hears why
-            log.warning("could not claim %d texts: %r", len(waiting), exc)
-            answers: list[tuple[asyncio.Future[int | None], int | BaseException | None]] = [
-                (future, exc) for _, future, _ in waiting
-            ]
-        else:
-            answers = [(future, won.get(text.row.id)) for text, future, _ in waiting]
-        # One hand-over to each loop for the whole group, not one per text.
-        by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[Any]]] = {}
-        for (_, _, loop), answer in zip(waiting, answers, strict=True):
-            by_loop.setdefault(id(loop), (loop, []))[1].append(answer)
+        except Exception as exc:  # noqa: BLE001 - nothing claimed: each caller hears why
+            log.warning("could not claim %d texts: %r", len(claims), exc)
+            won = exc
+        # One hand-over to each loop for the whole group.
+        by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[_Waiting]]] = {}
+        for w in waiting:
+            by_loop.setdefault(id(w[2]), (w[2], []))[1].append(w)
         for loop, group in by_loop.values():
-            loop.call_soon_threadsafe(_answer, group)
+            loop.call_soon_threadsafe(_answer, group, won)
 
 
-def _answer(group: list[tuple[asyncio.Future[int | None], int | BaseException | None]]) -> None:
-    for future, answer in group:
+def _answer(group: list[_Waiting], won: dict[int, int] | BaseException) -> None:
+    for texts, future, _ in group:
         if future.done():
             continue
-        if isinstance(answer, BaseException):
-            future.set_exception(answer)
+        if isinstance(won, BaseException):
+            future.set_exception(won)
         else:
-            future.set_result(answer)
+            future.set_result({t.row.id: won[t.row.id] for t in texts if t.row.id in won})

@@ -9,11 +9,14 @@ window at the provider holds the slots of at most (1 + LATE_TOLERANCE + transit)
 within the rate while that times RATE_MARGIN stays under 1, leaving ~30 ms for a request to
 reach the provider (bench/send_day.py checks it at the receiving end).
 
-A permit of SMS_CONCURRENCY is taken before each text is claimed (CLAIM_AHEAD before its slot)
-and given back when its outcome is written: a process never holds more claimed rows than that,
-so a crash leaves at most that many texts uncertain. What would wait more than
-``max_rate_wait`` in all for the sender's slots goes back to the ledger for later; waiting for
-this process's own permits does not count.
+A lane books a quarter second of its sender's slots at a time; shortly before the first
+(the claims' own recent round trip, CLAIM_AHEAD at least) it takes a permit of SMS_CONCURRENCY
+for each of those texts and claims them in one go; each then leaves at its slot. A permit is
+given back when its text's outcome is written: a process never holds more claimed rows than
+SMS_CONCURRENCY, so a crash leaves at most that many texts uncertain. A claimed text that
+missed its slot (a busy process) takes one of the lane's next slots, for up to CLAIM_HOLD after
+its claim, then goes back unsent. What would wait more than ``max_rate_wait`` in all for the
+sender's slots goes back to the ledger for later; waiting for this process does not count.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.aioloop import monotonic
+from app.db.ledger import DEFERRED
 from app.domain.circuit import Admit
 from app.services.ratelimit import RateLimiter
+from app.services.send.delivery import still_true
 from app.services.send.prepare import Text
 
 log = logging.getLogger("app.engine")
@@ -36,15 +42,33 @@ LATE_TOLERANCE = 0.02
 BOOK_AHEAD = 0.25  # seconds of a sender's slots booked at a time
 CLAIM_AHEAD = 0.1  # a text is claimed this long before its slot (many in one statement)
 MAX_RATE_WAIT = 20.0
-# A claimed text that missed its slot waits at most this for another, once: a row stays in
-# ``sending`` only for about a second plus its request (Settings.longest_send_seconds).
-REBOOK_WAIT = 0.5
+UNPACED_CHUNK = 100  # texts claimed at once by a lane with no rate to keep
+# A claimed text that missed its slot takes later ones for at most this long after its claim,
+# then goes back unsent: a row stays in ``sending`` for about a second plus its request
+# (Settings.longest_send_seconds counts it).
+CLAIM_HOLD = 1.0
 
-#: Starts a text's attempt at its slot (None: no pacing) as a probe or not; it holds one of
-#: ``Pacer.permits`` and must give it back once its outcome is written.
-Start = Callable[[Text, float | None, bool], Coroutine[None, None, None]]
-#: Texts that go back to the ledger unclaimed, until when (None: until the circuit's hint).
-Defer = Callable[[list[Text], datetime | None], None]
+
+@dataclass
+class Claimed:
+    text: Text
+    attempt: int
+    at: float  # monotonic, when its claim came back
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a lane does with its texts; each note counts its text as done with the lane."""
+
+    admit: Callable[[], Admit]  # the circuit breaker: may a request go?
+    unprobe: Callable[[], None]  # the probe this lane was given did not go
+    claim: Callable[[list[Text]], Coroutine[None, None, dict[int, int]]]
+    #: the request of a claimed text, at its slot; its permit is given back once written
+    start: Callable[[Claimed, bool], Coroutine[None, None, None]]
+    give_back: Callable[[Claimed], None]  # claimed, not tried: pending again (permit as start)
+    wait: Callable[[Text, datetime, str], None]  # unclaimed: pending until, with reason
+    lost: Callable[[Text], None]  # someone else has the row
+    defer_until: Callable[[], datetime]  # when texts turned away by an open circuit return
 
 
 class Pacer:
@@ -71,67 +95,41 @@ class Pacer:
             self._permits = asyncio.Semaphore(self.concurrency)
         return self._permits
 
-    async def run(
-        self,
-        texts: list[Text],
-        *,
-        start: Start,
-        defer: Defer,
-        admit: Callable[[], Admit],
-        unprobe: Callable[[], None],
-    ) -> None:
+    async def run(self, texts: list[Text], hooks: Hooks) -> None:
         """Pace these texts, each sender on its own; returns when every attempt has ended."""
         by_key: dict[str, deque[Text]] = {}
         for t in texts:
             by_key.setdefault(t.key, deque()).append(t)
         started: set[asyncio.Task[None]] = set()
-        await asyncio.gather(
-            *(
-                self._lane(key, q, started, start, defer, admit, unprobe)
-                for key, q in by_key.items()
-            )
-        )
+        await asyncio.gather(*(self._lane(key, q, started, hooks) for key, q in by_key.items()))
         while started:
             await asyncio.gather(*list(started))
 
-    async def rebook(self, text: Text) -> float | None:
-        """A fresh slot for a claimed text that missed its own (its claim came back late):
-        when it comes (monotonic), or None if none comes within REBOOK_WAIT."""
-        try:
-            first, granted, _ = await self.limiter.reserve_async(
-                text.key, text.rate, text.segments, REBOOK_WAIT
-            )
-        except Exception as exc:  # noqa: BLE001 - the text goes back unsent
-            log.warning("rate limiter failed for %s: %r", text.key, exc)
-            return None
-        return monotonic() + first if granted >= text.segments else None
-
     async def _lane(
-        self,
-        key: str,
-        queue: deque[Text],
-        started: set[asyncio.Task[None]],
-        start: Start,
-        defer: Defer,
-        admit: Callable[[], Admit],
-        unprobe: Callable[[], None],
+        self, key: str, queue: deque[Text], started: set[asyncio.Task[None]], hooks: Hooks
     ) -> None:
         permits = self.permits
         loop = asyncio.get_running_loop()
         rate = queue[0].rate
         chunk = max(1, int(rate * BOOK_AHEAD))
         waited = 0.0  # for this sender's slots
-        while queue:
-            how = admit()
-            if how is Admit.WAIT:
-                defer(list(queue), None)  # the provider is down for everyone
+        carried: deque[Claimed] = deque()  # claimed, their slots missed: the next ones
+        while queue or carried:
+            how = hooks.admit()
+            if how is Admit.WAIT:  # the provider is down for everyone
+                for c in carried:
+                    hooks.give_back(c)
+                until = hooks.defer_until()
+                for t in queue:
+                    hooks.wait(t, until, DEFERRED)
                 return
             probe = how is Admit.PROBE
-            count, want = 0, 0
-            for t in queue:
-                if count and (probe or want + t.segments > chunk):
-                    break
-                count, want = count + 1, want + t.segments
+            group: list[Text | Claimed] = []
+            want = 0
+            while (carried or queue) and not (group and (probe or want >= chunk)):
+                item: Text | Claimed = carried.popleft() if carried else queue.popleft()
+                group.append(item)
+                want += _text(item).segments
             left = self.max_rate_wait - waited
             try:
                 first, granted, spacing = (
@@ -142,45 +140,125 @@ class Pacer:
             except Exception as exc:  # noqa: BLE001 - nothing was sent: later is safe
                 log.warning("rate limiter failed for %s: %r", key, exc)
                 first, granted, spacing = 1.0, 0, 0.0
+            if granted and not spacing:
+                chunk = UNPACED_CHUNK  # no rate to keep: claim many at once
             base = monotonic() + first
-            if probe and not granted:
-                unprobe()
-            if not granted:
-                # No slot in time: each text goes back until about when its slot would come,
-                # so they return a second's worth at a time instead of all at once.
-                opens = self.clock() + timedelta(seconds=max(first, 1.0))
-                log.info(
-                    "rate limit of %s: %d texts wait from %s", key, len(queue), opens.isoformat()
-                )
-                ahead = 0
-                for t in queue:
-                    defer([t], opens + timedelta(seconds=int(ahead / rate)))
-                    ahead += t.segments
+            slotted: list[tuple[Text | Claimed, float]] = []
+            used = 0
+            for item in group:
+                segments = _text(item).segments
+                if used + segments > granted:
+                    break
+                slotted.append((item, base + used * spacing))
+                used += segments
+            for item in reversed(group[len(slotted) :]):  # no slot this time: next round
+                if isinstance(item, Claimed):
+                    carried.appendleft(item)
+                else:
+                    queue.appendleft(item)
+            if not slotted:
+                if probe:
+                    hooks.unprobe()
+                if granted:  # slots too few for the next text's segments: let them pass
+                    end = base + granted * spacing - monotonic()
+                    waited += max(end, 0.0)
+                    await asyncio.sleep(max(end, 0.0))
+                    continue
+                self._no_slot(key, queue, carried, first, hooks)
                 return
-            used, went = 0, 0
-            while queue and used + queue[0].segments <= granted and not (probe and went):
-                slot = base + used * spacing
-                pause = slot - self.claim_ahead() - monotonic()
+            pause = slotted[0][1] - self.claim_ahead() - monotonic()
+            if pause > 0:
+                waited += pause
+                await asyncio.sleep(pause)
+            ready, no_permit = await self._claim(slotted, permits, hooks)
+            queue.extendleft(reversed(no_permit))
+            went = False
+            for c, slot in ready:
+                pause = slot - monotonic()
                 if pause > 0:
                     waited += pause
                     await asyncio.sleep(pause)
-                await permits.acquire()
                 if spacing and monotonic() - slot > LATE_TOLERANCE:
-                    permits.release()  # the slots passed while this process was busy
-                    break
-                text = queue.popleft()
-                used += text.segments
-                went += 1
-                task: asyncio.Task[None] = loop.create_task(
-                    start(text, slot if spacing else None, probe)
-                )
+                    # Its slot passed while this process was busy: a later one, or back.
+                    if monotonic() - c.at < CLAIM_HOLD:
+                        carried.append(c)
+                    else:
+                        hooks.give_back(c)
+                    continue
+                went = True
+                task: asyncio.Task[None] = loop.create_task(hooks.start(c, probe))
                 started.add(task)
                 task.add_done_callback(started.discard)
             if probe and not went:
-                unprobe()
-            if not went:
-                # The booked slots went unused: their time counts as waited for the sender.
-                end = base + granted * spacing - monotonic()
-                if end > 0:
-                    waited += end
-                    await asyncio.sleep(end)
+                hooks.unprobe()
+
+    async def _claim(
+        self,
+        slotted: list[tuple[Text | Claimed, float]],
+        permits: asyncio.Semaphore,
+        hooks: Hooks,
+    ) -> tuple[list[tuple[Claimed, float]], list[Text]]:
+        """A permit for each text not yet claimed, then one claim for them all: what may go,
+        with its slot, in slot order; and the texts that found no permit free (the lane's
+        next round). A lane waits for a permit only while it holds none, so lanes cannot
+        starve each other of permits."""
+        fresh: list[tuple[Text, float]] = []
+        ready: list[tuple[Claimed, float]] = []
+        no_permit: list[Text] = []
+        now = self.clock()
+        for item, slot in slotted:
+            if isinstance(item, Claimed):
+                ready.append((item, slot))
+                continue
+            back = still_true(item, now)
+            if back is not None:
+                hooks.wait(item, *back)
+                continue
+            if (fresh or ready) and permits.locked():
+                no_permit.append(item)  # never wait for a permit while holding one
+                continue
+            await permits.acquire()
+            fresh.append((item, slot))
+        if fresh:
+            try:
+                won = await hooks.claim([t for t, _ in fresh])
+            except Exception:  # noqa: BLE001 - logged by the claimer; nothing was claimed
+                won = {}
+                for t, _ in fresh:
+                    hooks.wait(t, self.clock() + timedelta(seconds=1), DEFERRED)
+                    permits.release()
+                fresh = []
+            at = monotonic()
+            for t, slot in fresh:
+                attempt = won.get(t.row.id)
+                if attempt is None:
+                    hooks.lost(t)
+                    permits.release()
+                else:
+                    ready.append((Claimed(t, attempt, at), slot))
+        ready.sort(key=lambda cs: cs[1])
+        return ready, no_permit
+
+    def _no_slot(
+        self,
+        key: str,
+        queue: deque[Text],
+        carried: deque[Claimed],
+        first: float,
+        hooks: Hooks,
+    ) -> None:
+        """No slot in time: each text goes back until about when its slot would come, so they
+        return a second's worth at a time instead of all at once."""
+        opens = self.clock() + timedelta(seconds=max(first, 1.0))
+        log.info("rate limit of %s: %d texts wait from %s", key, len(queue), opens.isoformat())
+        for c in carried:
+            hooks.give_back(c)
+        ahead = 0
+        rate = queue[0].rate if queue else 1.0
+        for t in queue:
+            hooks.wait(t, opens + timedelta(seconds=int(ahead / rate)), DEFERRED)
+            ahead += t.segments
+
+
+def _text(item: Text | Claimed) -> Text:
+    return item.text if isinstance(item, Claimed) else item
