@@ -42,7 +42,10 @@ def org_group() -> None:
 @click.option("--country", help="Default country for national numbers, e.g. US.")
 @click.option("--sender", help="From number, or a Messaging Service SID (MG…).")
 @click.option(
-    "--rate", type=float, help="Messages per second for this sender [SMS_RATE_PER_SECOND]."
+    "--rate",
+    type=float,
+    help="Message segments per second for this sender (a 3-segment text takes 3) "
+    "[SMS_RATE_PER_SECOND].",
 )
 def org_add(
     slug: str,
