@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--rate", type=float, default=0.0, help="segments/s per sender (0: none)")
     parser.add_argument("--senders", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=256, help="SMS_CONCURRENCY")
     args = parser.parse_args()
     n = args.texts
     name = f"bench_cpu_{uuid.uuid4().hex[:8]}"
@@ -110,7 +111,7 @@ def main() -> None:
             )
         provider = AsyncProvider()
         provider.latency = args.latency_ms / 1000
-        sender = make_sender(engine, provider, send_concurrency=int(os.environ.get("CONCURRENCY", "256")))
+        sender = make_sender(engine, provider, send_concurrency=args.concurrency)
         if args.rate:
             sender.limiter = LocalRateLimiter()
         t0 = time.process_time()
