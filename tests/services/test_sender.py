@@ -163,3 +163,59 @@ def test_reconciliation_finds_the_text_as_it_was_sent_on_a_later_day(
     row = get_row(engine, rid)
     assert (row.status, row.provider_message_id) == ("sent", fake.messages[0].sid)
     assert len(fake.messages) == 1
+
+
+def test_a_row_asked_for_twice_in_one_claim_is_won_once(engine: Engine) -> None:
+    """A redelivered batch lands in the process beside the original: both lanes ask for the
+    same rows, in one claim statement, and only one of them may win each row."""
+    import asyncio
+
+    from app.domain.planning import utcnow
+    from app.services.send.claims import Claimer
+    from app.services.send.prepare import pending_orgs, prepare
+
+    org = make_org(engine)
+    ids = [make_row(engine, org, phone=p) for p in _phones(5)]
+    with engine.begin() as conn:
+        org_of, orgs = pending_orgs(conn, ids)
+        texts = prepare(
+            conn,
+            org_of,
+            orgs,
+            now=utcnow(),
+            ignore_window=True,
+            sender_of=lambda o: ("k", 10.0),
+            retry_backoff=1.0,
+        ).texts
+    claimer = Claimer(engine, utcnow)
+
+    async def both() -> list[dict[int, int]]:
+        return list(await asyncio.gather(claimer.claim(texts), claimer.claim(texts[::-1])))
+
+    try:
+        first, second = asyncio.run(both())
+    finally:
+        claimer.close()
+    assert set(first) | set(second) == set(ids)
+    assert not set(first) & set(second), "a row was given to two senders"
+    assert {get_row(engine, rid).attempts for rid in ids} == {1}
+
+
+def test_one_process_given_the_same_rows_twice_sends_each_once(engine: Engine) -> None:
+    """A redelivered batch lands in the process beside the original: both ask for the same
+    rows, often in one claim statement, and only one of them may win each row."""
+    from tests.factories import RecordingProvider, make_sender
+
+    org = make_org(engine)
+    ids = [make_row(engine, org, phone=p) for p in _phones(40)]
+    provider = RecordingProvider()
+    sender = make_sender(engine, provider)
+    try:
+        first = sender.submit_ids(ids, ignore_window=True)
+        again = sender.submit_ids(list(reversed(ids)), ignore_window=True)
+        reports = [first.result(timeout=60), again.result(timeout=60)]
+    finally:
+        sender.close()
+    assert sum(r.sent for r in reports) == 40
+    assert sorted(to for to, _, _ in provider.sent) == sorted(_phones(40))
+    assert {get_row(engine, rid).status for rid in ids} == {"sent"}

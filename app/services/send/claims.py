@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from queue import Empty, SimpleQueue
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -104,19 +105,34 @@ class Claimer:
         except Exception as exc:  # noqa: BLE001 - nothing claimed: each caller hears why
             log.warning("could not claim %d texts: %r", len(claims), exc)
             won = exc
+        # A row twice in one statement (two batches holding it, after a redelivery) is
+        # updated once: only the first text asking for it has won it.
+        answers: list[dict[int, int] | BaseException] = []
+        taken: set[int] = set()
+        for texts, _, _ in waiting:
+            if isinstance(won, BaseException):
+                answers.append(won)
+                continue
+            mine: dict[int, int] = {}
+            for t in texts:
+                rid = t.row.id
+                if rid in won and rid not in taken:
+                    taken.add(rid)
+                    mine[rid] = won[rid]
+            answers.append(mine)
         # One hand-over to each loop for the whole group.
-        by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[_Waiting]]] = {}
-        for w in waiting:
-            by_loop.setdefault(id(w[2]), (w[2], []))[1].append(w)
+        by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[tuple[_Waiting, Any]]]] = {}
+        for w, answer in zip(waiting, answers, strict=True):
+            by_loop.setdefault(id(w[2]), (w[2], []))[1].append((w, answer))
         for loop, group in by_loop.values():
-            loop.call_soon_threadsafe(_answer, group, won)
+            loop.call_soon_threadsafe(_answer, group)
 
 
-def _answer(group: list[_Waiting], won: dict[int, int] | BaseException) -> None:
-    for texts, future, _ in group:
+def _answer(group: list[tuple[_Waiting, dict[int, int] | BaseException]]) -> None:
+    for (_, future, _), answer in group:
         if future.done():
             continue
-        if isinstance(won, BaseException):
-            future.set_exception(won)
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
         else:
-            future.set_result({t.row.id: won[t.row.id] for t in texts if t.row.id in won})
+            future.set_result(answer)
