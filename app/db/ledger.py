@@ -443,49 +443,27 @@ def _col(name: str) -> Any:
     return bindparam(name, type_=Reminder.__table__.c[name].type)
 
 
+def _outcome(**values: Any) -> Any:
+    """An outcome's UPDATE: the row, still in the attempt that made it, takes ``values``."""
+    return update(Reminder).where(_of_attempt()).values(updated_at=_col("updated_at"), **values)
+
+
+_ERROR = {"error_code": _col("error_code"), "error_message": _col("error_message")}
 _OUTCOME_SQL: dict[type, Any] = {
-    Sent: update(Reminder)
-    .where(_of_attempt())
-    .values(
+    Sent: _outcome(
         status=SENT,
         provider_message_id=_col("provider_message_id"),
         sent_at=_col("sent_at"),
         reason=None,
         error_code=None,
         error_message=None,
-        updated_at=_col("updated_at"),
     ),
-    Retry: update(Reminder)
-    .where(_of_attempt())
-    .values(
-        status=PENDING,
-        reason="retrying",
-        next_attempt_at=_col("next_attempt_at"),
-        error_code=_col("error_code"),
-        error_message=_col("error_message"),
-        updated_at=_col("updated_at"),
+    Retry: _outcome(
+        status=PENDING, reason="retrying", next_attempt_at=_col("next_attempt_at"), **_ERROR
     ),
-    Failed: update(Reminder)
-    .where(_of_attempt())
-    .values(
-        status=FAILED,
-        reason=_col("reason"),
-        error_code=_col("error_code"),
-        error_message=_col("error_message"),
-        updated_at=_col("updated_at"),
-    ),
-    Unknown: update(Reminder)
-    .where(_of_attempt())
-    .values(
-        status=UNKNOWN,
-        reason="outcome_unknown",
-        error_code=_col("error_code"),
-        error_message=_col("error_message"),
-        updated_at=_col("updated_at"),
-    ),
-    PutBack: update(Reminder)
-    .where(_of_attempt())
-    .values(
+    Failed: _outcome(status=FAILED, reason=_col("reason"), **_ERROR),
+    Unknown: _outcome(status=UNKNOWN, reason="outcome_unknown", **_ERROR),
+    PutBack: _outcome(
         status=PENDING,
         attempts=Reminder.attempts - 1,
         claimed_at=None,
@@ -493,7 +471,6 @@ _OUTCOME_SQL: dict[type, Any] = {
         reason=_col("reason"),
         error_code=func.coalesce(_col("error_code"), Reminder.error_code),
         error_message=func.coalesce(_col("error_message"), Reminder.error_message),
-        updated_at=_col("updated_at"),
     ),
 }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -178,9 +179,9 @@ class Sender:
         with self.engine.connect() as conn:
             org_of, orgs = pending_orgs(conn, ids)
         wanted: dict[str, tuple[int, float]] = {}
-        for org_id in org_of.values():
+        for org_id, n in Counter(org_of.values()).items():
             key, rate = self._sender_of(orgs[org_id])
-            wanted[key] = (wanted.get(key, (0, rate))[0] + 1, rate)
+            wanted[key] = (wanted.get(key, (0, rate))[0] + n, rate)
         if admit_within is not None:
             if not self.admission.enter(wanted, admit_within):
                 self._refuse(batch_key, wanted)

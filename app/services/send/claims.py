@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from datetime import datetime
-from queue import Empty, SimpleQueue
+from queue import Empty
 from typing import Any
 
 from sqlalchemy import Engine
@@ -16,6 +15,7 @@ from sqlalchemy import Engine
 from app.aioloop import monotonic
 from app.db import ledger
 from app.services.send.prepare import Text
+from app.services.send.queue_thread import STOP, QueueThread
 
 log = logging.getLogger("app.engine")
 
@@ -25,17 +25,16 @@ MAX_PER_CLAIM = 100  # callers (lanes) per statement
 GATHER_SECONDS = 0.02
 
 _Waiting = tuple[list[Text], "asyncio.Future[dict[int, int]]", asyncio.AbstractEventLoop]
-_STOP = object()
 
 
-class Claimer:
+class Claimer(QueueThread["_Waiting"]):
+    thread_name = "sms-claims"
+
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self.latency = 0.0  # a claim's recent round trip, gathering included, smoothed (s)
         self._engine = engine
         self._clock = clock
-        self._queue: SimpleQueue[_Waiting | object] = SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        super().__init__()
 
     def ahead(self) -> float:
         """How long before its slot a text should be claimed: room for a few of the recent
@@ -47,34 +46,17 @@ class Claimer:
         ours to send (someone else claimed it, or it is no longer due)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[int, int]] = loop.create_future()
-        self._ensure_thread()
         asked = monotonic()
-        self._queue.put((texts, future, loop))
+        self._put((texts, future, loop))
         try:
             return await future
         finally:
             self.latency += 0.05 * ((monotonic() - asked) - self.latency)
 
-    def close(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join(timeout=30)
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="sms-claims", daemon=True
-                    )
-                    self._thread.start()
-
     def _run(self) -> None:
         while True:
             first = self._queue.get()
-            if first is _STOP:
+            if first is STOP:
                 return
             waiting = [first]
             stop = False
@@ -84,7 +66,7 @@ class Claimer:
                     more = self._queue.get(timeout=max(0.0, until - monotonic()))
                 except Empty:
                     break
-                if more is _STOP:
+                if more is STOP:
                     stop = True
                     break
                 waiting.append(more)

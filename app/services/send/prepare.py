@@ -152,7 +152,12 @@ def _text(
     key, rate = sender_of(org)
     body, segments = row.body, row.segments
     changes = None
-    if body is None or (decision.days_left, decision.lead) != (row.days_left, row.lead_days):
+    rerender = body is None or (decision.days_left, decision.lead) != (
+        row.days_left,
+        row.lead_days,
+    )
+    fallback = None
+    if rerender:
         # A text held or retried into a later day says the real days left, in the wording of
         # the lead it now belongs to. Its claim writes it: the row always says what was asked.
         body, fallback = render_body(
@@ -165,6 +170,8 @@ def _text(
                 row.id,
                 fallback,
             )
+    assert body is not None
+    if rerender or org.sender != row.sender:
         info = count_segments(body)
         segments = info.segments
         changes = ledger.TextColumns(
@@ -174,16 +181,6 @@ def _text(
             segments=info.segments,
             encoding=info.encoding,
             template_fallback=fallback,
-        )
-    elif org.sender != row.sender:
-        info = count_segments(body)
-        changes = ledger.TextColumns(
-            body=body,
-            sender=org.sender,
-            days_left=row.days_left,
-            segments=info.segments,
-            encoding=info.encoding,
-            template_fallback=None,
         )
     if segments is None:
         segments = count_segments(body).segments

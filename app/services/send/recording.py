@@ -5,12 +5,11 @@ counts each into its batch's report. A batch is done when its last text is count
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from queue import Empty, SimpleQueue
+from queue import Empty
 
 from sqlalchemy import Engine
 
@@ -19,6 +18,7 @@ from app.db import ledger
 from app.domain.phones import mask_phone
 from app.services.send.delivery import CircuitChange, Delivered
 from app.services.send.prepare import Text
+from app.services.send.queue_thread import STOP, QueueThread
 from app.services.send.report import SendReport
 
 log = logging.getLogger("app.engine")
@@ -72,42 +72,23 @@ class Batch:
 #: claimed text's permit is given back then: a process never has more rows in ``sending``
 #: than SMS_CONCURRENCY).
 _Item = tuple[Batch, Text, Note, Callable[[int], None] | None] | CircuitChange
-_STOP = object()
 
 
-class Recorder:
+class Recorder(QueueThread["_Item"]):
+    thread_name = "sms-outcomes"
+
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
         self._clock = clock
-        self._queue: SimpleQueue[_Item | object] = SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        super().__init__()
 
     def put(
         self, batch: Batch, text: Text, note: Note, after: Callable[[int], None] | None = None
     ) -> None:
-        self._ensure_thread()
-        self._queue.put((batch, text, note, after))
+        self._put((batch, text, note, after))
 
     def circuit(self, change: CircuitChange) -> None:
-        self._ensure_thread()
-        self._queue.put(change)
-
-    def close(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join(timeout=30)
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="sms-outcomes", daemon=True
-                    )
-                    self._thread.start()
+        self._put(change)
 
     def _run(self) -> None:
         buffer: list[_Item] = []
@@ -119,7 +100,7 @@ class Recorder:
             except Empty:
                 pass
             else:
-                if item is _STOP:
+                if item is STOP:
                     if buffer:
                         self._write(buffer)
                     return
