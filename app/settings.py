@@ -142,6 +142,9 @@ class Settings:
     max_attempts: int = _env("SMS_MAX_ATTEMPTS", _positive_int, 5)
     retry_backoff_seconds: float = _env("SMS_RETRY_BACKOFF_SECONDS", _non_negative_float, 30.0)
     max_segments: int = _env("SMS_MAX_SEGMENTS", _positive_int, 3)
+    # The most one template render may take, at send time and for each check at save; past it
+    # the render fails with the reason (README: "Templates cannot hurt the service").
+    template_render_budget_ms: float = _env("TEMPLATE_RENDER_BUDGET_MS", _positive_float, 50.0)
     # Sends in flight at once per process: the provider is slow, so throughput comes from overlap.
     send_concurrency: int = _env("SMS_CONCURRENCY", _positive_int, 32)
     # Message segments per second per sender (a 3-segment text takes 3); 1 is a US long code's

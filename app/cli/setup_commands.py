@@ -143,7 +143,7 @@ def template_show(slug: str, lead: int | None) -> None:
 def preview_cmd(slug: str, lead: int | None) -> None:
     """Render the template with sample data: text, length, segments, encoding."""
     with engine().connect() as conn:
-        p, origin = org_service.preview(conn, slug, lead=lead)
+        p, origin = org_service.preview(conn, slug, lead=lead, settings=settings())
         lead_days = lead if lead is not None else max(org_service.get_org(conn, slug).leads)
     click.echo(f"# {origin}")
     _show_preview(p, lead_days)

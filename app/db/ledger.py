@@ -9,7 +9,8 @@ row cannot both act on it: the database decides the winner.
 
 A row's life: ``pending`` → (claim) ``sending`` → ``sent`` | ``failed`` | ``unknown`` |
 back to ``pending`` (a retry, or a text that was claimed but not tried); ``pending`` →
-``skipped`` when the rules say it must not go; ``unknown`` → ``sent`` | ``pending`` by
+``skipped`` when the rules say it must not go; ``pending`` → ``failed`` when its template
+went past a bound; ``unknown`` → ``sent`` | ``pending`` by
 reconciliation. The outcomes of an attempt are typed values (``Sent``, ``Retry`` …): which
 columns each writes is in its type.
 """
@@ -176,6 +177,20 @@ def skip(conn: Connection, reasons: dict[int, str], *, now: datetime) -> int:
             update(Reminder)
             .where(Reminder.id.in_(ids), Reminder.status == PENDING)
             .values(status=SKIPPED, reason=reason, updated_at=now)
+        )
+        moved += result.rowcount or 0
+    return moved
+
+
+def fail_unsent(conn: Connection, problems: dict[int, str], *, reason: str, now: datetime) -> int:
+    """Pending rows whose text cannot be made (their organization's template went past a
+    bound): ``failed`` with ``reason``, the problem in ``error_message``; nothing was sent."""
+    moved = 0
+    for problem, ids in _group(problems).items():
+        result = conn.execute(
+            update(Reminder)
+            .where(Reminder.id.in_(ids), Reminder.status == PENDING)
+            .values(status=FAILED, reason=reason, error_message=problem, updated_at=now)
         )
         moved += result.rowcount or 0
     return moved

@@ -9,24 +9,24 @@ template cannot eat the worker.
 from __future__ import annotations
 
 import itertools
-import operator
 from dataclasses import dataclass, fields, replace
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, nodes
-from jinja2.exceptions import SecurityError, TemplateRuntimeError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateError, nodes
+from jinja2.exceptions import SecurityError
 
+from app.domain import template_bounds as bounds
+from app.domain import template_probe as probe
+from app.domain import template_sandbox as sandbox
 from app.domain.segments import SegmentInfo, count_segments
+from app.domain.template_bounds import DEFAULT_BUDGET_MS, MAX_LOOP_DEPTH, MAX_TEXT
 from app.errors import ValidationError
 
-MAX_BODY_CHARS = 1600
+MAX_BODY_CHARS = MAX_TEXT
 MAX_SOURCE_CHARS = 4000
-MAX_LOOP_DEPTH = 2
-MAX_RANGE = 100
 VARIABLES = frozenset({"customer", "organization", "subscription", "days_left", "lead_days"})
 
 DEFAULT_TEMPLATE = (
@@ -39,6 +39,11 @@ DEFAULT_TEMPLATE = (
 
 class TemplateProblem(ValidationError):
     """A template was refused or failed to render; the message says why."""
+
+
+class TemplateRefused(TemplateProblem):
+    """The template went past a bound (or the sandbox): the organization's template is at fault
+    whatever the customer, so its text fails instead of going out in the built-in wording."""
 
 
 class _RenderFailed(TemplateProblem):
@@ -69,128 +74,10 @@ _PLAIN_FIELDS: dict[type, frozenset[str]] = {
 }
 
 
-def _capped_range(*args: int) -> range:
-    r = range(*args)
-    if len(r) > MAX_RANGE:
-        raise SecurityError(f"range() is limited to {MAX_RANGE} items in templates")
-    return r
-
-
-def _capped_mul(left: Any, right: Any) -> Any:
-    for seq, count in ((left, right), (right, left)):
-        sized = isinstance(seq, str | list | tuple) and isinstance(count, int)
-        if sized and len(seq) * count > MAX_BODY_CHARS:
-            raise SecurityError("repeating text beyond the message size is not allowed")
-    return operator.mul(left, right)
-
-
-def _capped_pow(left: Any, right: Any) -> Any:
-    if isinstance(right, int | float) and abs(right) > 100:
-        raise SecurityError("exponents above 100 are not allowed in templates")
-    return operator.pow(left, right)
-
-
-def _capped_text_op(op: Any, left: Any, right: Any) -> Any:
-    result = op(left, right)
-    if isinstance(result, str | list | tuple) and len(result) > MAX_BODY_CHARS:
-        raise SecurityError("text beyond the message size is not allowed")
-    return result
-
-
-# Filters that cannot turn a short input into a huge output (no replace, center, format, indent).
-SAFE_FILTERS = [
-    "abs",
-    "capitalize",
-    "count",
-    "d",
-    "default",
-    "first",
-    "float",
-    "int",
-    "join",
-    "last",
-    "length",
-    "list",
-    "lower",
-    "max",
-    "min",
-    "reverse",
-    "round",
-    "sort",
-    "string",
-    "sum",
-    "title",
-    "trim",
-    "truncate",
-    "unique",
-    "upper",
-    "wordcount",
-]
 # Statements a text template needs; assignments, macros and includes are how size bombs and
 # recursion are built, so they are refused when the template is saved.
 ALLOWED_STATEMENTS = (nodes.Output, nodes.If, nodes.For)
-
-
-class _ReminderSandbox(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "+", "%"})
-
-    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-        if operator_name == "*":
-            return _capped_mul(left, right)
-        if operator_name == "**":
-            return _capped_pow(left, right)
-        if operator_name == "+":
-            return _capped_text_op(operator.add, left, right)
-        if operator_name == "%":
-            return _capped_text_op(operator.mod, left, right)
-        return super().call_binop(context, operator_name, left, right)
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        # Fast path for the template variables' own data fields (the hot path of planning);
-        # everything else goes through the sandbox's checks.
-        fields = _PLAIN_FIELDS.get(type(obj))
-        if fields is not None and attribute in fields:
-            return getattr(obj, attribute)
-        return super().getattr(obj, attribute)
-
-    def wrap_str_format(self, value: Any) -> Any:
-        """str.format can pad to any width: refused outright (use ~ and filters)."""
-        if super().wrap_str_format(value) is None:
-            return None
-
-        def refused(*_args: Any, **_kwargs: Any) -> str:
-            raise SecurityError("str.format is not allowed in templates")
-
-        return refused
-
-    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        for arg in (*args, *kwargs.values()):
-            if isinstance(arg, int) and abs(arg) > 10_000:
-                raise SecurityError("numbers above 10000 are not allowed as call arguments")
-        return super().call(__context, __obj, *args, **kwargs)
-
-
-def _refuse_none(value: Any) -> Any:
-    """A customer must never read "None": an empty optional field has to be guarded."""
-    if value is None:
-        raise TemplateRuntimeError("a value printed by the template is empty (None)")
-    return value
-
-
-def _environment() -> SandboxedEnvironment:
-    env = _ReminderSandbox(
-        undefined=StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=False,
-        finalize=_refuse_none,
-    )
-    env.globals = {"range": _capped_range}
-    env.filters = {name: env.filters[name] for name in SAFE_FILTERS}
-    env.tests = dict(env.tests)
-    return env
-
-
-ENV = _environment()
+ENV = sandbox.environment(plain_fields=_PLAIN_FIELDS)
 
 
 def _loop_depth(node: nodes.Node, depth: int = 0) -> int:
@@ -198,9 +85,8 @@ def _loop_depth(node: nodes.Node, depth: int = 0) -> int:
     return max([here, *(_loop_depth(child, here) for child in node.iter_child_nodes())])
 
 
-@lru_cache(maxsize=4096)
-def compile_template(source: str) -> Any:
-    """Parse and compile once per distinct source (cached); raise TemplateProblem if invalid."""
+def parse_template(source: str) -> nodes.Template:
+    """The checked syntax tree of a source; raise TemplateProblem if it is refused."""
     if len(source) > MAX_SOURCE_CHARS:
         raise TemplateProblem(
             f"template is {len(source)} characters; the limit is {MAX_SOURCE_CHARS}"
@@ -211,6 +97,8 @@ def compile_template(source: str) -> Any:
         line = getattr(exc, "lineno", None)
         where = f" on line {line}" if line else ""
         raise TemplateProblem(f"template syntax error{where}: {exc.message}") from None
+    except RecursionError:
+        raise TemplateProblem("template syntax error: expressions nested too deeply") from None
     try:
         declared = _undeclared(ast)
     except TemplateError as exc:
@@ -228,10 +116,25 @@ def compile_template(source: str) -> Any:
             raise TemplateProblem(f"{{% {kind} %}} is not allowed; use if, for and output only")
     if _loop_depth(ast) > MAX_LOOP_DEPTH:
         raise TemplateProblem(f"loops nested deeper than {MAX_LOOP_DEPTH} are not allowed")
+    problem = probe.static_problem(ast)
+    if problem is not None:
+        raise TemplateRefused(f"template not allowed: {problem}")
+    return ast
+
+
+def _compiled(ast: nodes.Template) -> Any:
     try:
-        return ENV.from_string(ast)
+        return ENV.from_string(sandbox.count_loops(ast))
     except TemplateError as exc:
         raise TemplateProblem(f"template error: {exc.message}") from None
+    except RecursionError:
+        raise TemplateProblem("template error: expressions nested too deeply") from None
+
+
+@lru_cache(maxsize=4096)
+def compile_template(source: str) -> Any:
+    """Parse and compile once per distinct source (cached); raise TemplateProblem if invalid."""
+    return _compiled(parse_template(source))
 
 
 def _undeclared(ast: nodes.Template) -> set[str]:
@@ -240,34 +143,49 @@ def _undeclared(ast: nodes.Template) -> set[str]:
     return set(meta.find_undeclared_variables(ast))
 
 
-def _render(template: Any, context: dict[str, Any], *, streamed: bool) -> str:
+def _render(template: Any, context: dict[str, Any], *, budget_ms: float) -> str:
+    """Render under the bounds and a budget of ``budget_ms``, stopping as soon as the output
+    passes the limit."""
+    chunks: list[str] = []
+    size = 0
     try:
-        if not streamed:
-            body = str(template.render(context))
-        else:
-            # Untrusted source on save: stop as soon as the output passes the limit.
-            chunks: list[str] = []
-            size = 0
+        with bounds.budget(budget_ms) as clock:
             for chunk in template.generate(context):
                 size += len(chunk)
                 if size > MAX_BODY_CHARS:
                     break
                 chunks.append(chunk)
-            body = "".join(chunks) if size <= MAX_BODY_CHARS else "x" * (MAX_BODY_CHARS + 1)
-    except SecurityError as exc:
-        raise TemplateProblem(f"template not allowed: {exc}") from None
+                clock.check()
+    except SecurityError as exc:  # a bound, or the sandbox: the template is at fault
+        raise TemplateRefused(f"template not allowed: {exc}") from None
     except TemplateError as exc:
         raise _RenderFailed(f"template failed to render: {exc}") from None
-    except RecursionError:
-        raise _RenderFailed("template failed to render: recursion too deep") from None
+    except (RecursionError, MemoryError):
+        raise TemplateRefused("template not allowed: it nests too deeply") from None
     except Exception as exc:  # noqa: BLE001 - any failure of untrusted code is the template's
         raise _RenderFailed(f"template failed to render: {type(exc).__name__}: {exc}") from None
-    if len(body) > MAX_BODY_CHARS:
+    if size > MAX_BODY_CHARS:
         raise TemplateProblem(f"rendered text is longer than {MAX_BODY_CHARS} characters")
-    body = body.strip()
+    body = "".join(chunks).strip()
     if not body:
         raise TemplateProblem("rendered text is empty")
     return body
+
+
+def _context(
+    customer: CustomerVars,
+    organization: OrganizationVars,
+    subscription: SubscriptionVars,
+    days_left: int,
+    lead_days: int,
+) -> dict[str, Any]:
+    return {
+        "customer": customer,
+        "organization": organization,
+        "subscription": subscription,
+        "days_left": days_left,
+        "lead_days": lead_days,
+    }
 
 
 def render(
@@ -278,20 +196,12 @@ def render(
     subscription: SubscriptionVars,
     days_left: int,
     lead_days: int,
-    streamed: bool = False,
+    budget_ms: float = DEFAULT_BUDGET_MS,
 ) -> str:
-    """The text for one customer; raise TemplateProblem with the reason if it cannot be made.
-
-    Sources reaching here were checked when saved; ``streamed`` is for that first check.
-    """
-    context = {
-        "customer": customer,
-        "organization": organization,
-        "subscription": subscription,
-        "days_left": days_left,
-        "lead_days": lead_days,
-    }
-    return _render(compile_template(source), context, streamed=streamed)
+    """The text for one customer; raise TemplateProblem with the reason if it cannot be made
+    (TemplateRefused when the template went past a bound, the budget included)."""
+    context = _context(customer, organization, subscription, days_left, lead_days)
+    return _render(compile_template(source), context, budget_ms=budget_ms)
 
 
 def render_or_default(
@@ -302,11 +212,13 @@ def render_or_default(
     subscription: SubscriptionVars,
     days_left: int,
     lead_days: int,
-    streamed: bool = False,
+    budget_ms: float = DEFAULT_BUDGET_MS,
 ) -> tuple[str, str | None]:
     """The text, and None; or the built-in default's text and why the stored template failed.
 
     A reminder in the default wording beats no reminder; the problem is returned so it is logged.
+    A template that went past a bound is not excused: TemplateRefused is raised, and that text
+    fails (the organization's template is at fault, for every customer alike).
     """
     kwargs: dict[str, Any] = {
         "customer": customer,
@@ -314,10 +226,12 @@ def render_or_default(
         "subscription": subscription,
         "days_left": days_left,
         "lead_days": lead_days,
-        "streamed": streamed,
+        "budget_ms": budget_ms,
     }
     try:
         return render(source, **kwargs), None
+    except TemplateRefused:
+        raise
     except TemplateProblem as exc:
         if source == DEFAULT_TEMPLATE:
             raise
@@ -361,6 +275,7 @@ def sample_render(
     lead_days: int,
     max_segments: int | None = None,
     subscription: SubscriptionVars = SAMPLE_SUBSCRIPTION,
+    budget_ms: float = DEFAULT_BUDGET_MS,
 ) -> Preview:
     """Render sample data the way a save does; raise TemplateProblem if it would be refused."""
     body = render(
@@ -370,7 +285,7 @@ def sample_render(
         subscription=subscription,
         days_left=lead_days,
         lead_days=lead_days,
-        streamed=True,
+        budget_ms=budget_ms,
     )
     info = count_segments(body)
     if max_segments is not None and info.segments > max_segments:
@@ -388,7 +303,8 @@ def sample_render(
 def _absent_problem(problem: TemplateProblem, absent: tuple[str, ...]) -> TemplateProblem:
     names = " and ".join(f"subscription.{name}" for name in absent)
     if not isinstance(problem, _RenderFailed):  # e.g. empty text or too many segments
-        return TemplateProblem(f"{problem} for customers without {names}")
+        kind = TemplateRefused if isinstance(problem, TemplateRefused) else TemplateProblem
+        return kind(f"{problem} for customers without {names}")
     which, it = ("which is", "it") if len(absent) == 1 else ("which are", "them")
     return TemplateProblem(
         f"template prints {names}, {which} empty for some customers; "
@@ -396,33 +312,71 @@ def _absent_problem(problem: TemplateProblem, absent: tuple[str, ...]) -> Templa
     )
 
 
+#: A save's checks together may take this many render budgets.
+SAVE_BUDGETS = 10
+
+
 def validate_template(
-    source: str, *, organization_name: str, lead_days: list[int], max_segments: int
+    source: str,
+    *,
+    organization_name: str,
+    lead_days: list[int],
+    max_segments: int,
+    budget_ms: float = DEFAULT_BUDGET_MS,
 ) -> list[Preview]:
-    """Every check a save makes, for each lead day and with optional fields present or absent.
+    """Every check a save makes: the sample texts for each lead day with optional fields present
+    or absent, then every branch against the bounds (``probe_branches``), all within
+    ``SAVE_BUDGETS`` render budgets.
 
     Returns the all-present samples, one per lead day, as the preview.
     """
     compile_template(source)
     previews = []
-    for lead in lead_days:
-        previews.append(
-            sample_render(
-                source,
-                organization_name=organization_name,
-                lead_days=lead,
-                max_segments=max_segments,
-            )
-        )
-        for absent, subscription in _SAMPLES_WITHOUT:
-            try:
+    with bounds.budget(budget_ms * SAVE_BUDGETS):
+        for lead in lead_days:
+            previews.append(
                 sample_render(
                     source,
                     organization_name=organization_name,
                     lead_days=lead,
                     max_segments=max_segments,
-                    subscription=subscription,
+                    budget_ms=budget_ms,
                 )
-            except TemplateProblem as exc:
-                raise _absent_problem(exc, absent) from None
+            )
+            for absent, subscription in _SAMPLES_WITHOUT:
+                try:
+                    sample_render(
+                        source,
+                        organization_name=organization_name,
+                        lead_days=lead,
+                        max_segments=max_segments,
+                        subscription=subscription,
+                        budget_ms=budget_ms,
+                    )
+                except TemplateProblem as exc:
+                    raise _absent_problem(exc, absent) from None
+        probe_branches(
+            source, organization_name=organization_name, lead_days=lead_days, budget_ms=budget_ms
+        )
     return previews
+
+
+def probe_branches(
+    source: str, *, organization_name: str, lead_days: list[int], budget_ms: float
+) -> None:
+    """Run every expression and loop of the template whatever its branches decide
+    (app.domain.template_probe), for the smallest and largest lead day, with the optional
+    fields present and absent; raise TemplateRefused if one goes past a bound."""
+    probes = _compiled(probe.probe_ast(parse_template(source)))
+    organization = OrganizationVars(name=organization_name)
+    blank = _SAMPLES_WITHOUT[-1][1]
+    for lead in sorted({min(lead_days), max(lead_days)}):
+        for subscription in (SAMPLE_SUBSCRIPTION, blank):
+            context = _context(SAMPLE_CUSTOMER, organization, subscription, lead, lead)
+            context[probe.ISOLATE] = probe.isolate(budget_ms)
+            try:
+                with bounds.budget(budget_ms * SAVE_BUDGETS):
+                    for _ in probes.generate(context):
+                        pass
+            except SecurityError as exc:
+                raise TemplateRefused(f"template not allowed: {exc}") from None

@@ -26,10 +26,15 @@ from app.domain.templates import (
     CustomerVars,
     OrganizationVars,
     SubscriptionVars,
+    TemplateRefused,
     render_or_default,
 )
+from app.settings import get_settings
 
 log = logging.getLogger("app.engine")
+
+#: The reason of a text that failed because its organization's template went past a bound.
+TEMPLATE_REFUSED = "template_refused"
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,15 @@ def load_orgs(conn: Connection, org_ids: Iterable[int] | None = None) -> dict[in
 
 
 class TemplateBook:
-    """Template lookup: organization + lead day, organization default, built-in default."""
+    """Template lookup: organization + lead day, organization default, built-in default; and
+    the time one render may take (``TEMPLATE_RENDER_BUDGET_MS`` unless given)."""
 
-    def __init__(self, conn: Connection, org_ids: Iterable[int]) -> None:
+    def __init__(
+        self, conn: Connection, org_ids: Iterable[int], *, budget_ms: float | None = None
+    ) -> None:
+        self.budget_ms = (
+            get_settings().template_render_budget_ms if budget_ms is None else budget_ms
+        )
         self._sources: dict[tuple[int, int], str] = {}
         stmt = select(Template.org_id, Template.lead_days, Template.body).where(
             Template.org_id.in_(list(org_ids))
@@ -110,7 +121,7 @@ def render_body(
     """The text for one row with ``days_left`` to go as a text of ``lead`` (default: the row's),
     and None; or, when the organization's template fails for this customer, the built-in
     default's text and the template's problem (R7: a plain reminder beats none, and the row
-    records why)."""
+    records why). A template past a bound raises TemplateRefused: that text fails."""
     lead = item.lead_days if lead is None else lead
     return render_or_default(
         book.source(org.id, lead),
@@ -124,6 +135,7 @@ def render_body(
         ),
         days_left=days_left,
         lead_days=lead,
+        budget_ms=book.budget_ms,
     )
 
 
@@ -229,7 +241,17 @@ def _planned_row(
 ) -> dict[str, object]:
     if c.skip_reason:
         return plan_sql.row_values(c, now=now, status="skipped", reason=c.skip_reason)
-    body, fallback = render_body(book, org, c, days_left=c.days_left)
+    try:
+        body, fallback = render_body(book, org, c, days_left=c.days_left)
+    except TemplateRefused as exc:
+        log.warning(
+            "template of %s refused for subscription %d (%s); the text fails",
+            org.slug,
+            c.subscription_id,
+            exc,
+        )
+        failed = plan_sql.row_values(c, now=now, status="failed", reason=TEMPLATE_REFUSED)
+        return {**failed, "error_message": str(exc)}
     if fallback:
         log.warning(
             "template of %s failed for subscription %d (%s); planned in the built-in wording",

@@ -145,7 +145,11 @@ def set_template(
     org = get_org(conn, slug)
     leads = [lead] if lead is not None else list(org.leads)
     previews = validate_template(
-        source, organization_name=org.name, lead_days=leads, max_segments=settings.max_segments
+        source,
+        organization_name=org.name,
+        lead_days=leads,
+        max_segments=settings.max_segments,
+        budget_ms=settings.template_render_budget_ms,
     )
     key = _template_lead(lead)
     conn.execute(delete(Template).where(Template.org_id == org.id, Template.lead_days == key))
@@ -169,11 +173,19 @@ def template_source(conn: Connection, slug: str, *, lead: int | None) -> tuple[s
     return DEFAULT_TEMPLATE, "built-in default"
 
 
-def preview(conn: Connection, slug: str, *, lead: int | None) -> tuple[Preview, str]:
+def preview(
+    conn: Connection, slug: str, *, lead: int | None, settings: Settings
+) -> tuple[Preview, str]:
     org = get_org(conn, slug)
     lead_days = lead if lead is not None else max(org.leads)
     source, origin = template_source(conn, slug, lead=lead_days)
-    return sample_render(source, organization_name=org.name, lead_days=lead_days), origin
+    sample = sample_render(
+        source,
+        organization_name=org.name,
+        lead_days=lead_days,
+        budget_ms=settings.template_render_budget_ms,
+    )
+    return sample, origin
 
 
 def set_opt_out(

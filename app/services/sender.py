@@ -209,6 +209,7 @@ class Sender:
             report.held += n
             report.note_held(slug, opens)
         report.skipped += prepared.skipped
+        report.failed += prepared.failed
         report.deferred += prepared.deferred
         # What will not be paced leaves the admission's queue now.
         going: dict[str, int] = {}

@@ -16,7 +16,8 @@ from app.db import ledger
 from app.db.models import Reminder
 from app.domain import planning, rules
 from app.domain.segments import count_segments
-from app.services.engine import OrgConfig, TemplateBook, load_orgs, render_body
+from app.domain.templates import TemplateRefused
+from app.services.engine import TEMPLATE_REFUSED, OrgConfig, TemplateBook, load_orgs, render_body
 
 log = logging.getLogger("app.engine")
 
@@ -41,6 +42,7 @@ class Prepared:
     texts: list[Text] = field(default_factory=list)
     held: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # slug -> (n, opens)
     skipped: int = 0
+    failed: int = 0  # its organization's template went past a bound: it cannot be made
     deferred: int = 0  # could not be prepared (an unexpected error): tried again later
     gone: int = 0  # no longer pending (someone else took it)
 
@@ -97,11 +99,18 @@ def prepare(
     done.gone = len(sendable) - len(rows)
     book = TemplateBook(conn, orgs)
     skips: dict[int, str] = {}
+    refused: dict[int, str] = {}
     broken: list[int] = []
     for row in rows:
         org = orgs[row.org_id]
         try:
             made = _text(conn, row, org, book, now, ignore_window, sender_of)
+        except TemplateRefused as exc:
+            # The organization's template is at fault, not this customer: the text fails,
+            # in no other wording (README: "Templates cannot hurt the service").
+            log.warning("template of %s refused for ledger row %d: %s", org.slug, row.id, exc)
+            refused[row.id] = str(exc)
+            continue
         except Exception:
             # Nothing was sent: the row is tried again later, loudly.
             log.exception("unexpected error preparing ledger row %d of %s", row.id, org.slug)
@@ -112,6 +121,7 @@ def prepare(
         else:
             done.texts.append(made)
     done.skipped = ledger.skip(conn, skips, now=now)
+    done.failed = ledger.fail_unsent(conn, refused, reason=TEMPLATE_REFUSED, now=now)
     until = now + timedelta(seconds=max(retry_backoff, 1.0))
     done.deferred = ledger.wait(conn, broken, until=until, reason=ledger.DEFERRED, now=now)
     return done
