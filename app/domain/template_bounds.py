@@ -15,6 +15,7 @@ caller tells it apart from an ordinary failure (``templates.TemplateRefused``).
 
 from __future__ import annotations
 
+import decimal
 import math
 import operator
 import re
@@ -177,7 +178,7 @@ def binop(name: str, left: Any, right: Any) -> Any:
     check_clock()
     try:
         return checked(BINOPS[name](left, right))
-    except OverflowError:
+    except (OverflowError, decimal.Overflow):
         raise BoundExceeded(f"the result of {name} is too large") from None
 
 
@@ -193,9 +194,9 @@ _STR_WIDTH = {"center", "ljust", "rjust", "zfill"}
 _STR_REFUSED = {"expandtabs", "translate", "maketrans", "format", "format_map"}
 
 
-def _replace_size(text: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+def _replace_size(text: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     values = list(args) + [kwargs[k] for k in ("old", "new", "count") if k in kwargs]
-    if len(values) < 2 or not all(isinstance(v, str) for v in values[:2]):
+    if len(values) < 2 or not all(isinstance(v, type(text)) for v in values[:2]):
         return len(text)  # a wrong call: let str.replace raise its own error
     old, new = values[0], values[1]
     times = text.count(old) if old else len(text) + 1
@@ -204,8 +205,9 @@ def _replace_size(text: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> i
     return len(text) + times * (len(new) - len(old))
 
 
-def _join_size(sep: str, items: list[Any]) -> int:
-    return len(sep) * max(len(items) - 1, 0) + sum(len(i) for i in items if isinstance(i, str))
+def _join_size(sep: Any, items: list[Any]) -> int:
+    sized = (i for i in items if isinstance(i, str | bytes))
+    return len(sep) * max(len(items) - 1, 0) + sum(len(i) for i in sized)
 
 
 def check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -219,7 +221,7 @@ def check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple
         return tuple(counted(a) if i == 0 else a for i, a in enumerate(args))
     owner = getattr(obj, "__self__", None)
     name = getattr(obj, "__name__", "")
-    if not isinstance(owner, str):
+    if not isinstance(owner, str | bytes):
         return args
     if name in _STR_REFUSED:
         raise BoundExceeded(f"str.{name} is not allowed in templates")

@@ -53,6 +53,10 @@ HOSTILE = {
         "BOMB",
         "{{ " + " * ".join(["(2**60)"] * 20) + " }}",  # 1,200 bits: 362 digits
     ),
+    "hidden decimal overflow": HIDDEN.replace("BOMB", "{{ subscription.amount ** 999999999 }}"),
+    "hidden bytes replace": HIDDEN.replace(
+        "BOMB", "{{ customer.name.encode().replace(''.encode(), ('y' * 1600).encode()) }}"
+    ),
     "hidden range": HIDDEN.replace("BOMB", "{% for i in range(10**6) %}{% endfor %}"),
 }
 # Bombs a real customer never reaches (or reaches only past an ordinary error, or past the text's
