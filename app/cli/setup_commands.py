@@ -8,6 +8,7 @@ import click
 
 from app.cli.common import echo_json, engine, now, settings
 from app.db.migrate import upgrade
+from app.domain.smart_encoding import SMART_ENCODING, describe, lookalike_note, lookalikes
 from app.domain.templates import Preview
 from app.errors import ValidationError
 from app.services import orgs as org_service
@@ -97,6 +98,9 @@ def _show_preview(p: Preview, lead: int) -> None:
     extra = f" (UCS-2 because of {' '.join(map(repr, s.non_gsm_chars))})" if s.non_gsm_chars else ""
     click.echo(f"[lead {lead}] {p.length} chars, {s.segments} segment(s), {s.encoding}{extra}")
     click.echo(f"  {p.body}")
+    note = lookalike_note(p.body)
+    if note:
+        click.echo(f"  note: {note}")
 
 
 @click.group("template")
@@ -110,20 +114,49 @@ def template_group() -> None:
 @click.option(
     "--lead", type=int, help="Only for this lead day (default: the organization default)."
 )
-def template_set(slug: str, file: Path, lead: int | None) -> None:
+@click.option(
+    "--smart-encoding",
+    is_flag=True,
+    help="Replace look-alike characters (’ “ ” – … and others) with their GSM-7 equivalents, "
+    "as Twilio's Smart Encoding does, so texts keep 160 characters a segment.",
+)
+def template_set(slug: str, file: Path, lead: int | None, smart_encoding: bool) -> None:
     """Check a template file and store it; a refused template changes nothing."""
     try:
-        source = file.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark from an editor would be an invisible UCS-2 character.
+        source = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"{file}: cannot read it ({exc})") from None
+    replaced = lookalikes(source) if smart_encoding else ()
     with engine().begin() as conn:
         previews = org_service.set_template(
-            conn, slug, source.strip(), lead=lead, settings=settings(), now=now()
+            conn,
+            slug,
+            source.strip(),
+            lead=lead,
+            settings=settings(),
+            now=now(),
+            smart_encoding=smart_encoding,
         )
         leads = [lead] if lead is not None else list(org_service.get_org(conn, slug).leads)
     click.echo(f"template saved for {slug}" + (f", lead day {lead}" if lead is not None else ""))
+    if replaced:
+        shown = ", ".join(f"{describe(ch)} → {SMART_ENCODING[ch]!r}" for ch in replaced)
+        click.echo(f"smart encoding replaced {shown}")
     for p, lead_days in zip(previews, leads, strict=True):
         _show_preview(p, lead_days)
+
+
+@template_group.command("remove")
+@click.argument("slug")
+@click.option("--lead", type=int, help="The lead day's template (default: the organization's).")
+def template_remove(slug: str, lead: int | None) -> None:
+    """Remove a template: its texts go back to the fallback chain (lead day, organization
+    default, built-in default)."""
+    with engine().begin() as conn:
+        origin = org_service.remove_template(conn, slug, lead=lead)
+    which = f"lead day {lead}" if lead is not None else "default"
+    click.echo(f"removed the {which} template of {slug}; its texts now use: {origin}")
 
 
 @template_group.command("show")

@@ -12,6 +12,7 @@ from app.db import ledger
 from app.db.models import DEFAULT_TEMPLATE_LEAD, OptOut, Organization, Template
 from app.domain import planning
 from app.domain.phones import InvalidPhone, normalize_phone
+from app.domain.smart_encoding import smart_encode
 from app.domain.templates import DEFAULT_TEMPLATE, Preview, sample_render, validate_template
 from app.errors import NotFoundError, ValidationError
 from app.settings import Settings, parse_clock, parse_lead_days, parse_window
@@ -125,6 +126,7 @@ def org_dict(org: Organization) -> dict[str, object]:
 
 
 def _template_lead(lead: int | None) -> int:
+    """The templates row key for ``--lead`` (the organization default when None)."""
     if lead is None:
         return DEFAULT_TEMPLATE_LEAD
     if lead < 0 or lead > 365:
@@ -140,9 +142,25 @@ def set_template(
     lead: int | None,
     settings: Settings,
     now: datetime,
+    smart_encoding: bool = False,
 ) -> list[Preview]:
-    """Check the template as a send would use it, then store it (refused: nothing changes)."""
+    """Check the template as a send would use it, then store it (refused: nothing changes).
+
+    A byte-order mark at the start is dropped (an invisible character that would cost every
+    text its GSM-7 encoding); ``smart_encoding`` replaces look-alike characters (’ “ – …) with
+    their GSM-7 equivalents first.
+    """
     org = get_org(conn, slug)
+    key = _template_lead(lead)
+    if lead is not None and lead not in org.leads:
+        days = ",".join(str(d) for d in org.leads)
+        raise ValidationError(
+            f"--lead {lead}: {slug} sends on lead days {days}, so a template for day {lead} "
+            "would never be used; choose one of them (or change the lead days first)"
+        )
+    source = source.removeprefix("\ufeff")
+    if smart_encoding:
+        source = smart_encode(source)
     leads = [lead] if lead is not None else list(org.leads)
     previews = validate_template(
         source,
@@ -151,10 +169,25 @@ def set_template(
         max_segments=settings.max_segments,
         budget_ms=settings.template_render_budget_ms,
     )
-    key = _template_lead(lead)
     conn.execute(delete(Template).where(Template.org_id == org.id, Template.lead_days == key))
     conn.execute(insert(Template).values(org_id=org.id, lead_days=key, body=source, updated_at=now))
     return previews
+
+
+def remove_template(conn: Connection, slug: str, *, lead: int | None) -> str:
+    """Remove the organization's template for ``lead`` (its default when None): those texts go
+    back to the fallback chain. Returns where they now come from."""
+    org = get_org(conn, slug)
+    key = _template_lead(lead)
+    removed = conn.execute(
+        delete(Template).where(Template.org_id == org.id, Template.lead_days == key)
+    )
+    if not removed.rowcount:
+        which = f"lead day {lead}" if lead is not None else "all lead days (its default)"
+        raise NotFoundError(
+            f"{slug} has no template of its own for {which}; see `reminders template show {slug}`"
+        )
+    return template_source(conn, slug, lead=lead)[1]
 
 
 def template_source(conn: Connection, slug: str, *, lead: int | None) -> tuple[str, str]:
