@@ -15,7 +15,7 @@ from app.domain.phones import InvalidPhone, normalize_phone
 from app.domain.smart_encoding import smart_encode
 from app.domain.templates import DEFAULT_TEMPLATE, Preview, sample_render, validate_template
 from app.errors import NotFoundError, ValidationError
-from app.settings import Settings, parse_clock, parse_lead_days, parse_window
+from app.settings import Settings, get_settings, parse_clock, parse_lead_days, parse_window
 
 SLUG_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -207,8 +207,11 @@ def template_source(conn: Connection, slug: str, *, lead: int | None) -> tuple[s
 
 
 def preview(
-    conn: Connection, slug: str, *, lead: int | None, settings: Settings
+    conn: Connection, slug: str, *, lead: int | None, settings: Settings | None = None
 ) -> tuple[Preview, str]:
+    """The sample text of the template in force for ``lead`` (default: the largest lead day),
+    and where the template comes from."""
+    settings = settings or get_settings()
     org = get_org(conn, slug)
     lead_days = lead if lead is not None else max(org.leads)
     source, origin = template_source(conn, slug, lead=lead_days)
