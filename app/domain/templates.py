@@ -367,6 +367,8 @@ def probe_branches(
     """Run every expression and loop of the template whatever its branches decide
     (app.domain.template_probe), for the smallest and largest lead day, with the optional
     fields present and absent; raise TemplateRefused if one goes past a bound."""
+    if not lead_days:
+        return
     probes = _compiled(probe.probe_ast(parse_template(source)))
     organization = OrganizationVars(name=organization_name)
     blank = _SAMPLES_WITHOUT[-1][1]

@@ -122,3 +122,15 @@ def test_a_hostile_template_fails_only_its_own_organizations_texts(
         assert m["reason"] == "template_refused"
         assert str(m["error_message"]).startswith("template not allowed: ")
         assert m["body"] is None  # never the built-in wording
+
+
+def test_preview_of_a_hostile_stored_template_answers_within_a_second(
+    sqlite_db: Engine, cli: Cli, gym: str
+) -> None:
+    _store_behind_the_save(sqlite_db, gym, ISSUE_CASES["power tower"])
+
+    started = time.monotonic()
+    error = cli("preview", gym).error
+
+    assert time.monotonic() - started < 1.0
+    assert error == "error: template not allowed: results of ** above 2**64 are not allowed"
