@@ -6,12 +6,12 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, text
 
-from app.db.models import Customer, Reminder, Subscription
+from app.db.models import DEFAULT_TEMPLATE_LEAD, Customer, Reminder, Subscription, Template
 from app.domain.phones import InvalidPhone, normalize_phone
 from app.providers.base import BlockingProvider, SentMessage
 from app.services.orgs import OrgInput, add_org
@@ -44,6 +44,19 @@ def make_org(
             now=now,
         )
     return org.id
+
+
+def store_template(engine: Engine, org_id: int, body: str, *, lead: int | None = None) -> None:
+    """A template stored without ``template set``'s checks (an older release, a hand edit)."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Template).values(
+                org_id=org_id,
+                lead_days=DEFAULT_TEMPLATE_LEAD if lead is None else lead,
+                body=body,
+                updated_at=datetime.now(UTC),
+            )
+        )
 
 
 def add_subscription(

@@ -4,15 +4,15 @@ second; one stored behind the save's back fails only its organization's texts (i
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cli_support import Cli, count, write_csv
 from freezegun import freeze_time
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 
-from app.db.models import DEFAULT_TEMPLATE_LEAD, Organization, Template
+from app.db.models import Organization
+from tests.factories import store_template
 
 RECURSIVE = (
     "{% for i in range(100) recursive %}{% if loop.depth < 6 %}{{ loop(range(100)) }}"
@@ -78,17 +78,10 @@ def test_the_render_budget_is_a_setting_validated_at_start(
 
 
 def _store_behind_the_save(engine: Engine, slug: str, body: str) -> None:
-    """A template that never went through ``template set`` (an older release, a hand edit)."""
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         org_id = conn.execute(select(Organization.id).where(Organization.slug == slug)).scalar()
-        conn.execute(
-            insert(Template).values(
-                org_id=org_id,
-                lead_days=DEFAULT_TEMPLATE_LEAD,
-                body=body,
-                updated_at=datetime.now(UTC),
-            )
-        )
+    assert org_id is not None
+    store_template(engine, org_id, body)
 
 
 @pytest.mark.parametrize("case", ["hidden power tower", "hidden replace chain"])

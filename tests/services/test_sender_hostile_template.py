@@ -4,14 +4,13 @@ that organization's texts (``template_refused``), and the batch sends the others
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 
-from app.db.models import DEFAULT_TEMPLATE_LEAD, Template
 from app.providers.twilio import TwilioProvider
 from app.services.sender import Sender
+from tests.factories import store_template
 from tests.ledger_rows import get_row, make_org, make_row
 from tests.twilio_fake import FakeTwilio
 
@@ -32,15 +31,7 @@ def test_a_batch_fails_the_hostile_organizations_texts_and_sends_the_others(
     engine: Engine, fake: FakeTwilio
 ) -> None:
     hostile, other = make_org(engine), make_org(engine)
-    with engine.begin() as conn:  # stored behind the save's back
-        conn.execute(
-            insert(Template).values(
-                org_id=hostile,
-                lead_days=DEFAULT_TEMPLATE_LEAD,
-                body=HIDDEN_REPLACE_CHAIN,
-                updated_at=datetime.now(UTC),
-            )
-        )
+    store_template(engine, hostile, HIDDEN_REPLACE_CHAIN)  # behind the save's back
     # No body yet: each is rendered as it leaves, as the daily run plans them.
     bad = [make_row(engine, hostile, phone=f"+1415555{3000 + i}", body=None) for i in range(3)]
     good = [make_row(engine, other, phone=f"+1415555{4000 + i}", body=None) for i in range(3)]

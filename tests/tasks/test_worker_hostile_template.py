@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 
-from app.db.models import DEFAULT_TEMPLATE_LEAD, Reminder, Template
+from app.db.models import Reminder
 from app.domain.planning import utcnow
 from app.tasks.client import enqueue_day, wait_day
-from tests.factories import make_org
+from tests.factories import make_org, store_template
 from tests.tasks.support import seed_due, sent_counts, worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -32,12 +32,7 @@ def test_a_worker_fails_a_hostile_organizations_texts_and_sends_the_others(
     now = utcnow()
     gym = make_org(pg_engine, "gym", now=now, send_window="00:00-00:00")
     acme = make_org(pg_engine, "acme", now=now, send_window="00:00-00:00")
-    with pg_engine.begin() as conn:  # stored behind the save's back
-        conn.execute(
-            insert(Template).values(
-                org_id=gym, lead_days=DEFAULT_TEMPLATE_LEAD, body=HOSTILE, updated_at=now
-            )
-        )
+    store_template(pg_engine, gym, HOSTILE)  # behind the save's back
     seed_due(pg_engine, gym, 50, today=now.date())
     acme_phones = seed_due(pg_engine, acme, 50, today=now.date(), start=50)
 
