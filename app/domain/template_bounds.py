@@ -21,9 +21,7 @@ import operator
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from contextvars import ContextVar, Token
 from decimal import Decimal
 from functools import wraps
 from typing import Any
@@ -46,13 +44,31 @@ class BoundExceeded(SecurityError):
     """A render went past one of the bounds; the message names which."""
 
 
-@dataclass
 class Budget:
-    """One render's allowance: a deadline on the monotonic clock and the iterations left."""
+    """One render's allowance: a deadline on the monotonic clock and the iterations left.
 
-    deadline: float
-    ms: float
-    iterations: int = MAX_ITERATIONS
+    Entered as a context manager, it is the budget the hooks of this thread (or task) check.
+    """
+
+    __slots__ = ("_token", "deadline", "iterations", "ms")
+
+    def __init__(self, ms: float) -> None:
+        outer = _BUDGET.get()
+        self.deadline = time.monotonic() + ms / 1000
+        self.ms = ms
+        if outer is not None and outer.deadline < self.deadline:
+            # Never past an enclosing budget's deadline: a save's checks share one clock.
+            self.deadline, self.ms = outer.deadline, outer.ms
+        self.iterations = MAX_ITERATIONS
+        self._token: Token[Budget | None] | None = None
+
+    def __enter__(self) -> Budget:
+        self._token = _BUDGET.set(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self._token is not None
+        _BUDGET.reset(self._token)
 
     def check(self) -> None:
         if time.monotonic() > self.deadline:
@@ -67,24 +83,9 @@ class Budget:
         self.check()
 
 
-_SIZED = (str, bytes, list, tuple, dict, set, frozenset)
 _BUDGET: ContextVar[Budget | None] = ContextVar("template_budget", default=None)
-
-
-@contextmanager
-def budget(ms: float) -> Iterator[Budget]:
-    """Run a render under a budget of ``ms`` milliseconds (never past an enclosing one's
-    deadline: a save's checks share one clock)."""
-    outer = _BUDGET.get()
-    deadline = time.monotonic() + ms / 1000
-    if outer is not None and outer.deadline < deadline:
-        deadline, ms = outer.deadline, outer.ms
-    current = Budget(deadline=deadline, ms=ms)
-    token = _BUDGET.set(current)
-    try:
-        yield current
-    finally:
-        _BUDGET.reset(token)
+_SIZED = (str, bytes, list, tuple, dict, set, frozenset)
+budget = Budget  # ``with budget(ms):`` reads as what it does
 
 
 def check_clock() -> None:
