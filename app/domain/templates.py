@@ -1,9 +1,15 @@
 """Message templates: Jinja2 in a sandbox, checked when saved, compiled once, rendered per text.
 
-Templates are written by organizations, so they are untrusted code: a ``SandboxedEnvironment``
-blocks attribute escapes, ``StrictUndefined`` turns a typo into an error instead of a blank in a
-customer's text, printing ``None`` is an error too, and arithmetic and loops are capped so a
-template cannot eat the worker.
+Templates are written by organizations, so they are untrusted code: the sandbox
+(``template_sandbox``) blocks attribute escapes, ``StrictUndefined`` turns a typo into an error
+instead of a blank in a customer's text, printing ``None`` is an error too, and every render is
+held to the bounds of ``template_bounds`` (sizes, iterations, recursion, a time budget) so a
+template cannot eat the worker. A save also runs every branch against those bounds
+(``template_probe``), not only the branches the sample customer takes.
+
+Two kinds of failure at send time: an ordinary one (a field that is empty for this customer)
+gives the text the built-in wording (R7); ``TemplateRefused`` (a bound, or the sandbox) means
+the organization's template is at fault for everyone, and the text fails.
 """
 
 from __future__ import annotations
