@@ -44,6 +44,10 @@ class BoundExceeded(SecurityError):
     """A render went past one of the bounds; the message names which."""
 
 
+class OutOfTime(BoundExceeded):
+    """... the time budget."""
+
+
 class Budget:
     """One render's allowance: a deadline on the monotonic clock and the iterations left.
 
@@ -72,7 +76,7 @@ class Budget:
 
     def check(self) -> None:
         if time.monotonic() > self.deadline:
-            raise BoundExceeded(
+            raise OutOfTime(
                 f"rendering took longer than {self.ms:g} ms (TEMPLATE_RENDER_BUDGET_MS)"
             )
 

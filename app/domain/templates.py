@@ -52,6 +52,10 @@ class TemplateRefused(TemplateProblem):
     whatever the customer, so its text fails instead of going out in the built-in wording."""
 
 
+class TemplateTooSlow(TemplateRefused):
+    """The render ran out of its time budget (TEMPLATE_RENDER_BUDGET_MS)."""
+
+
 class _RenderFailed(TemplateProblem):
     """Evaluating the template raised, as opposed to its text being refused afterwards."""
 
@@ -137,10 +141,21 @@ def _compiled(ast: nodes.Template) -> Any:
         raise TemplateProblem("template error: expressions nested too deeply") from None
 
 
-@lru_cache(maxsize=4096)
 def compile_template(source: str) -> Any:
-    """Parse and compile once per distinct source (cached); raise TemplateProblem if invalid."""
-    return _compiled(parse_template(source))
+    """Parse and compile once per distinct source (cached, refusals too: a stored template
+    refused for every row of a day is parsed once); raise TemplateProblem if invalid."""
+    compiled = _compile_cached(source)
+    if isinstance(compiled, TemplateProblem):
+        raise type(compiled)(str(compiled))
+    return compiled
+
+
+@lru_cache(maxsize=4096)
+def _compile_cached(source: str) -> Any:
+    try:
+        return _compiled(parse_template(source))
+    except TemplateProblem as exc:
+        return exc
 
 
 def _undeclared(ast: nodes.Template) -> set[str]:
@@ -163,6 +178,8 @@ def _render(template: Any, context: dict[str, Any], *, budget_ms: float) -> str:
                 if size > MAX_BODY_CHARS:
                     break
                 chunks.append(chunk)
+    except bounds.OutOfTime as exc:
+        raise TemplateTooSlow(f"template not allowed: {exc}") from None
     except SecurityError as exc:  # a bound, or the sandbox: the template is at fault
         raise TemplateRefused(f"template not allowed: {exc}") from None
     except TemplateError as exc:

@@ -27,6 +27,7 @@ from app.domain.templates import (
     OrganizationVars,
     SubscriptionVars,
     TemplateRefused,
+    TemplateTooSlow,
     render_or_default,
 )
 from app.settings import get_settings
@@ -84,6 +85,9 @@ class TemplateBook:
             get_settings().template_render_budget_ms if budget_ms is None else budget_ms
         )
         self._sources: dict[tuple[int, int], str] = {}
+        # Sources that ran out of time once: the rest of their texts fail without rendering,
+        # or one slow template would cost its budget again for every row of the batch.
+        self.too_slow: dict[str, TemplateTooSlow] = {}
         stmt = select(Template.org_id, Template.lead_days, Template.body).where(
             Template.org_id.in_(list(org_ids))
         )
@@ -123,8 +127,22 @@ def render_body(
     default's text and the template's problem (R7: a plain reminder beats none, and the row
     records why). A template past a bound raises TemplateRefused: that text fails."""
     lead = item.lead_days if lead is None else lead
+    source = book.source(org.id, lead)
+    slow = book.too_slow.get(source)
+    if slow is not None:
+        raise TemplateTooSlow(str(slow))
+    try:
+        return _render_body(book, org, item, source, days_left=days_left, lead=lead)
+    except TemplateTooSlow as exc:
+        book.too_slow[source] = exc
+        raise
+
+
+def _render_body(
+    book: TemplateBook, org: OrgConfig, item: Renderable, source: str, *, days_left: int, lead: int
+) -> tuple[str, str | None]:
     return render_or_default(
-        book.source(org.id, lead),
+        source,
         customer=CustomerVars(name=item.customer_name),
         organization=OrganizationVars(name=org.name),
         subscription=SubscriptionVars(

@@ -4,11 +4,16 @@ that organization's texts (``template_refused``), and the batch sends the others
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import Engine
 
+from app.domain.templates import TemplateTooSlow
 from app.providers.twilio import TwilioProvider
+from app.services.engine import TemplateBook, load_orgs, render_body
 from app.services.sender import Sender
 from tests.factories import store_template
 from tests.ledger_rows import get_row, make_org, make_row
@@ -56,3 +61,29 @@ def test_a_batch_fails_the_hostile_organizations_texts_and_sends_the_others(
             "template not allowed: replacing text beyond 1600 characters is not allowed"
         )
     assert {get_row(engine, rid).status for rid in good} == {"sent"}
+
+
+@dataclass(frozen=True)
+class _Row:
+    lead_days: int = 3
+    customer_name: str = "Bob"
+    plan: str = "Fiber"
+    expires_on: date = date(2030, 1, 15)
+    amount: Decimal | None = None
+    currency: str | None = None
+
+
+def test_a_template_out_of_time_once_is_not_rendered_again_in_the_batch(engine: Engine) -> None:
+    """One slow template must not cost its budget again for every row of a batch."""
+    org_id = make_org(engine)
+    slow = "{% for i in range(100) %}{% for j in range(100) %}{{ '' }}{% endfor %}{% endfor %}x"
+    store_template(engine, org_id, slow)
+    with engine.connect() as conn:
+        orgs = load_orgs(conn, [org_id])
+        book = TemplateBook(conn, orgs, budget_ms=0.01)
+    with pytest.raises(TemplateTooSlow, match=r"longer than 0\.01 ms"):
+        render_body(book, orgs[org_id], _Row(), days_left=3)
+
+    book.budget_ms = 10_000.0  # would be plenty: the source is known to be too slow
+    with pytest.raises(TemplateTooSlow, match=r"longer than 0\.01 ms"):
+        render_body(book, orgs[org_id], _Row(), days_left=3)
