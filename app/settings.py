@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, fields
 from datetime import time
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+from app.domain.countries import check_country
 from app.domain.planning import in_window
 from app.errors import ConfigError
 
@@ -111,20 +112,54 @@ def _optional_text(raw: str) -> str | None:
 
 
 def _country(raw: str) -> str:
+    return check_country(raw)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(raw: str) -> str:
     value = raw.strip().upper()
-    if len(value) != 2 or not value.isalpha():
-        raise ValueError(f"expected a two-letter country code like US, got {raw!r}")
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
     return value
+
+
+def without_password(url: str) -> str:
+    """The URL as it may be shown: a password in it becomes ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+def _show(name: str, raw: str, *, secret: bool) -> str:
+    if secret:
+        return "(hidden)"
+    return repr(without_password(raw)) if name == "DATABASE_URL" else repr(raw)
 
 
 def _env(name: str, parse: Callable[[str], Any], default: Any, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": name, "parse": parse, "secret": secret})
 
 
+# The schemes a DATABASE_URL may use: PostgreSQL through psycopg 3, and SQLite (the embedded
+# default). Anything else would fail later, deep in SQLAlchemy, on a driver we do not ship.
+DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "sqlite")
+
+
 def normalize_database_url(url: str) -> str:
     """Plain ``postgresql://`` (and Heroku's ``postgres://``) means psycopg 3 here."""
+    url = url.strip()
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in DATABASE_SCHEMES:
+        raise ValueError(
+            f"unsupported database {scheme.lower() if sep else 'URL'}; use "
+            "postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
+        )
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
-        if url.startswith(prefix):
+        if url.lower().startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
@@ -138,7 +173,9 @@ class Settings:
     send_window: tuple[time, time] = _env(
         "REMINDER_SEND_WINDOW", parse_window, (time(8, 0), time(21, 0))
     )
-    default_country: str = _env("REMINDER_DEFAULT_COUNTRY", _country, "US")
+    # For an organization whose time zone names no one country and whose `org add` has no
+    # --country; unset, such an organization needs --country.
+    default_country: str | None = _env("REMINDER_DEFAULT_COUNTRY", _country, None)
     max_attempts: int = _env("SMS_MAX_ATTEMPTS", _positive_int, 5)
     retry_backoff_seconds: float = _env("SMS_RETRY_BACKOFF_SECONDS", _non_negative_float, 30.0)
     max_segments: int = _env("SMS_MAX_SEGMENTS", _positive_int, 3)
@@ -181,7 +218,7 @@ class Settings:
     worker_heartbeat_file: str | None = _env("WORKER_HEARTBEAT_FILE", _optional_text, None)
     beat_heartbeat_file: str | None = _env("BEAT_HEARTBEAT_FILE", _optional_text, None)
     log_format: str = _env("LOG_FORMAT", _choice("text", "json"), "text")
-    log_level: str = _env("LOG_LEVEL", lambda raw: raw.strip().upper(), "INFO")
+    log_level: str = _env("LOG_LEVEL", _log_level, "INFO")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -195,7 +232,7 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                shown = "(hidden)" if f.metadata["secret"] else repr(raw)
+                shown = _show(name, raw, secret=f.metadata["secret"])
                 reason = str(exc) if not f.metadata["secret"] else "invalid value"
                 raise ConfigError(f"{name}={shown}: {reason}") from None
         settings = cls(**values)

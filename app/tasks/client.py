@@ -11,6 +11,7 @@ import time
 from datetime import date
 from typing import Any
 
+import redis
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
@@ -27,19 +28,54 @@ _PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1.0}
 _COUNTED = ("sent", "failed", "skipped", "pending", "sending", "unknown")
 
 
+#: A client that cannot reach the broker says so within a few seconds, not after Celery's
+#: default retries (about 20 s and a page of traceback).
+CONNECT_TIMEOUT_SECONDS = 2.0
+
+
+def _unreachable(what: str, url: str, exc: BaseException) -> ReminderError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ReminderError(
+        f"cannot reach the {what} at {maybe_sanitize_url(url)} ({reason}); is it running, and is "
+        "CELERY_BROKER_URL (or REDIS_URL) right?"
+    )
+
+
+def check_broker() -> None:
+    """Connect once to the broker and the result store, briefly, before anything is published."""
+    broker = app.conf.broker_url
+    try:
+        with app.connection_for_write(connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0.2, timeout=CONNECT_TIMEOUT_SECONDS
+            )
+    except (OperationalError, OSError, redis.RedisError) as exc:
+        raise _unreachable("broker", broker, exc) from None
+    backend = str(app.conf.result_backend or "")
+    if backend.startswith(("redis://", "rediss://")):
+        client = redis.Redis.from_url(
+            backend,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=CONNECT_TIMEOUT_SECONDS,
+        )
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise _unreachable("result store (Redis)", backend, exc) from None
+        finally:
+            client.close()
+
+
 def enqueue_day(*, on_date: date | None, org_slugs: list[str]) -> str:
     """Publish the daily run for these organizations (all when empty); return its task id."""
+    check_broker()
     kwargs = {"date": on_date.isoformat() if on_date else None, "org": list(org_slugs) or None}
     try:
         result = send_payment_reminder_sms.apply_async(
             kwargs=kwargs, retry=True, retry_policy=_PUBLISH_RETRY
         )
     except OperationalError as exc:
-        url = maybe_sanitize_url(app.conf.broker_url)
-        raise ReminderError(
-            f"cannot reach the broker at {url} ({exc}); is it running, and is "
-            "CELERY_BROKER_URL (or REDIS_URL) right?"
-        ) from None
+        raise _unreachable("broker", app.conf.broker_url, exc) from None
     return str(result.id)
 
 

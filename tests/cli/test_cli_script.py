@@ -46,7 +46,18 @@ def test_python_dash_m_app_is_the_same_command(tmp_path: Path, pg_engine: Engine
     slug = "modtest"
 
     added = run_script(
-        "org", "add", slug, "--name", "Mod", "--timezone", "UTC", cwd=tmp_path, env=env, module=True
+        "org",
+        "add",
+        slug,
+        "--name",
+        "Mod",
+        "--timezone",
+        "UTC",
+        "--country",
+        "US",
+        cwd=tmp_path,
+        env=env,
+        module=True,
     )
 
     assert added.returncode == 0, added.stderr
@@ -142,7 +153,7 @@ def test_bad_setting_stops_every_command_with_one_line(
 
 
 def test_twilio_provider_without_credentials_refuses_to_run(sqlite_db: Engine, cli: Cli) -> None:
-    cli.ok("org", "add", "acme", "--name", "Acme", "--timezone", "UTC")
+    cli.ok("org", "add", "acme", "--name", "Acme", "--timezone", "UTC", "--country", "US")
 
     result = cli("run", env={"SMS_PROVIDER": "twilio"})
 
