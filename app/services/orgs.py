@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -149,6 +149,14 @@ def set_enabled(conn: Connection, slug: str, *, enabled: bool, now: datetime) ->
         .values(active=enabled, disabled_at=None if enabled else now)
     )
     return True
+
+
+def disabled_slugs(conn: Connection, slugs: Sequence[str]) -> list[str]:
+    """Which of these organizations exist but are disabled (`reminders org disable`)."""
+    stmt = select(Organization.slug).where(
+        Organization.active.is_(False), Organization.slug.in_(list(slugs))
+    )
+    return sorted(conn.execute(stmt).scalars())
 
 
 def get_org(conn: Connection, slug: str) -> Organization:
