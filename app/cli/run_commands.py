@@ -12,7 +12,9 @@ import click
 from app.cli.common import echo_json, engine, make_sender, now, parse_date
 from app.db.models import STATUSES
 from app.errors import ValidationError
+from app.services import orgs as org_service
 from app.services import runner
+from app.services.send_test import sent_test_rows
 from app.services.sender import SendReport
 
 
@@ -221,16 +223,24 @@ def messages_cmd(
     on_date: date | None, slug: str | None, status: str | None, limit: int | None, as_json: bool
 ) -> None:
     """The ledger's rows: who, what, and what happened."""
-    if slug is not None:
-        runner.resolve_orgs(engine(), [slug])
-    rows = runner.messages(engine(), on_date=on_date, slug=slug, status=status, limit=limit)
+    if slug is not None:  # a disabled organization's messages stay readable
+        with engine().connect() as conn:
+            org_service.get_org(conn, slug)
+    rows = [
+        {**r, "test": False}
+        for r in runner.messages(engine(), on_date=on_date, slug=slug, status=status, limit=limit)
+    ]
+    # `reminders send-test` texts, after the reminders: never counted with them.
+    rows += sent_test_rows(engine(), on_date=on_date, slug=slug, status=status)
+    rows = rows[:limit] if limit is not None else rows
     if as_json:
         echo_json(rows)
         return
     for r in rows:
         why = f" ({r['reason']})" if r["reason"] else ""
+        ident = f"test {r['id']}" if r["test"] else str(r["id"])
         click.echo(
-            f"{r['id']:>6} {r['org']:<12} {r['local_date']} {r['customer_id']:<10} "
+            f"{ident:>6} {r['org']:<12} {r['local_date']} {r['customer_id'] or '-':<10} "
             f"{r['phone'] or '-':<16} lead {r['lead_days']} left {r['days_left']} "
             f"{r['status']}{why}: {r['body'] or ''}"
         )
