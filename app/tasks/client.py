@@ -16,16 +16,15 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
-from app.db import ledger
 from app.domain.planning import utcnow
 from app.errors import ReminderError
 from app.services import dispatch
-from app.services.engine import load_orgs
 from app.tasks import runtime
 from app.tasks.scheduler import app, send_payment_reminder_sms
 
 _PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1.0}
-_COUNTED = ("sent", "failed", "skipped", "pending", "sending", "unknown")
+# A run's own count of these is the day's change; pending and sending are what still waits.
+_SETTLED = ("sent", "failed", "skipped", "unknown")
 
 
 #: A client that cannot reach the broker says so within a few seconds, not after Celery's
@@ -86,11 +85,15 @@ def wait_day(
     org_slugs: list[str],
     timeout: float,
     poll_seconds: float = 0.5,
+    before: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Wait until the day's rows for these organizations are settled; return the counts.
+    """Wait until the day's rows for these organizations are settled; return what this run did
+    and, under ``day``, the day's totals.
 
-    With a ``task_id``, first waits for that daily run to plan (its result carries
-    ``planned``). Raises ReminderError when the run failed or the time ran out.
+    What this run did is the day's totals less ``before`` (the totals just before it was
+    enqueued) for the settled statuses, and what still waits for ``pending``. With a
+    ``task_id``, first waits for that daily run to plan (its result carries ``planned``).
+    Raises ReminderError when the run failed or the time ran out.
     """
     deadline = time.monotonic() + timeout
     planned: int | None = None
@@ -100,19 +103,24 @@ def wait_day(
     while True:
         now = utcnow()
         with engine.connect() as conn:
-            orgs = load_orgs(conn, ledger.active_org_ids(conn, org_slugs or None))
-            days = {o.id: o.today(now, on_date) for o in orgs.values()}
+            days = dispatch.org_days(conn, org_slugs=org_slugs, on_date=on_date, now=now)
             busy = dispatch.day_busy(conn, org_days=days, now=now)
-            counts = dispatch.day_status_counts(conn, org_days=days)
+            totals = dispatch.day_totals(conn, org_days=days)
         summary: dict[str, Any] = {"planned": planned} if planned is not None else {}
-        summary.update({status: counts.get(status, 0) for status in _COUNTED})
+        summary.update(
+            {
+                status: n - (before or {}).get(status, 0) if status in _SETTLED else n
+                for status, n in totals.items()
+            }
+        )
+        summary["day"] = totals
         if not busy:
             return summary
         if time.monotonic() >= deadline:
-            shown = ", ".join(f"{k} {v}" for k, v in summary.items())
+            shown = ", ".join(f"{k} {v}" for k, v in totals.items())
             raise ReminderError(
-                f"timed out after {timeout:g} s with {busy} texts still due or sending ({shown}); "
-                "are the workers running? `reminders status` shows progress"
+                f"timed out after {timeout:g} s with {busy} texts still due or sending (day's "
+                f"totals: {shown}); are the workers running? `reminders status` shows progress"
             )
         time.sleep(poll_seconds)
 
