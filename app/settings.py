@@ -111,6 +111,17 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _http_url(raw: str) -> str:
+    """An http(s) base URL, without a trailing slash: checked here, not at the first send."""
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"expected an http:// or https:// URL like https://example.com, got {raw!r}"
+        )
+    return value
+
+
 def _country(raw: str) -> str:
     return check_country(raw)
 
@@ -209,9 +220,9 @@ class Settings:
     twilio_messaging_service_sid: str | None = _env(
         "TWILIO_MESSAGING_SERVICE_SID", _optional_text, None
     )
-    twilio_api_base_url: str = _env("TWILIO_API_BASE_URL", _text, "https://api.twilio.com")
+    twilio_api_base_url: str = _env("TWILIO_API_BASE_URL", _http_url, "https://api.twilio.com")
     twilio_timeout_seconds: float = _env("TWILIO_TIMEOUT_SECONDS", _positive_float, 10.0)
-    webhook_base_url: str | None = _env("WEBHOOK_BASE_URL", _optional_text, None)
+    webhook_base_url: str | None = _env("WEBHOOK_BASE_URL", _http_url, None)
     console_output: str | None = _env("SMS_CONSOLE_OUTPUT", _optional_text, None)
     # Touched by the worker on each heartbeat and by beat on each tick; the container health
     # checks test their age instead of a broker round-trip.

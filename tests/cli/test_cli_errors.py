@@ -157,3 +157,16 @@ def test_wrong_broker_password_is_one_line_naming_the_broker(
     assert f"cannot reach the broker at redis://:**@127.0.0.1:{locked_redis}/0" in result.stderr
     assert "wrong" not in result.stderr.replace("is CELERY_BROKER_URL (or REDIS_URL) right", "")
     assert took < 10
+
+
+@pytest.mark.parametrize("name", ["TWILIO_API_BASE_URL", "WEBHOOK_BASE_URL"])
+@pytest.mark.parametrize("command", [("status",), ("org", "list")])
+def test_a_base_url_that_is_no_url_is_refused_by_every_command(
+    sqlite_db: Engine, cli: Cli, name: str, command: tuple[str, ...]
+) -> None:
+    error = cli(*command, env={name: "api.twilio.com"}).error
+
+    assert error == (
+        f"error: {name}='api.twilio.com': expected an http:// or https:// URL like "
+        "https://example.com, got 'api.twilio.com'"
+    )
