@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -151,6 +152,19 @@ def _show(name: str, raw: str, *, secret: bool) -> str:
     return repr(without_password(raw)) if name == "DATABASE_URL" else repr(raw)
 
 
+def _from_file(name: str, env: Mapping[str, str]) -> str | None:
+    """``NAME_FILE=/path`` (the Docker secrets convention) when ``NAME`` itself is not set: the
+    file's text, its final newline dropped. A plain ``NAME`` always wins."""
+    path = (env.get(f"{name}_FILE") or "").strip()
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"{name}_FILE={path!r}: cannot read it ({reason})") from None
+
+
 def _env(name: str, parse: Callable[[str], Any], default: Any, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": name, "parse": parse, "secret": secret})
 
@@ -238,6 +252,8 @@ class Settings:
         for f in fields(cls):
             name = f.metadata["env"]
             raw = env.get(name)
+            if raw is None or not raw.strip():
+                raw = _from_file(name, env)
             if raw is None or not raw.strip():
                 continue
             try:
