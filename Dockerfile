@@ -37,6 +37,7 @@ COPY docker/entrypoint.sh /usr/local/bin/docker-entrypoint
 COPY docker/healthcheck.sh /usr/local/bin/docker-healthcheck
 COPY docker/migrate.sh /usr/local/bin/docker-migrate
 COPY docker/flower.sh /usr/local/bin/docker-flower
+COPY docker/secrets.sh /usr/local/bin/docker-secrets
 WORKDIR /home/app
 USER 1000:1000
 # The worker touches its heartbeat file every ~2 s; compose overrides this for beat and webhook.

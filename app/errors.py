@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class ReminderError(Exception):
-    """Base: the message is shown to the operator as one line, exit code non-zero."""
+    """Base: the message is shown to the operator as one line, exit code non-zero.
+
+    ``details`` (a CSV's bad rows, say) are printed above that line, one per line, so a file
+    can be fixed in one pass.
+    """
+
+    def __init__(self, message: str, *, details: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class ConfigError(ReminderError):

@@ -33,12 +33,15 @@ def formatter(settings: Settings) -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT)
 
 
-def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
-    """Route the application's loggers to stdout (the container log) in the chosen format."""
+def configure_logging(
+    settings: Settings, *, stream: TextIO | None = None, level: int | str | None = None
+) -> None:
+    """Route the application's loggers to stdout (the container log) in the chosen format, at
+    ``level`` when one is given (Celery's ``-l``), else at LOG_LEVEL."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter(settings))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level)
+    root.setLevel(settings.log_level if level is None else level)
     for noisy in ("urllib3", "twilio.http_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

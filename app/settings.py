@@ -12,9 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+from app.domain.countries import check_country
 from app.domain.planning import in_window
 from app.errors import ConfigError
 
@@ -110,21 +112,79 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
-def _country(raw: str) -> str:
-    value = raw.strip().upper()
-    if len(value) != 2 or not value.isalpha():
-        raise ValueError(f"expected a two-letter country code like US, got {raw!r}")
+def _http_url(raw: str) -> str:
+    """An http(s) base URL, without a trailing slash: checked here, not at the first send."""
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"expected an http:// or https:// URL like https://example.com, got {raw!r}"
+        )
     return value
+
+
+def _country(raw: str) -> str:
+    return check_country(raw)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return value
+
+
+def without_password(url: str) -> str:
+    """The URL as it may be shown: a password in it becomes ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+def _show(name: str, raw: str, *, secret: bool) -> str:
+    if secret:
+        return "(hidden)"
+    return repr(without_password(raw)) if name == "DATABASE_URL" else repr(raw)
+
+
+def _from_file(name: str, env: Mapping[str, str]) -> str | None:
+    """``NAME_FILE=/path`` (the Docker secrets convention) when ``NAME`` itself is not set: the
+    file's text, its final newline dropped. A plain ``NAME`` always wins."""
+    path = (env.get(f"{name}_FILE") or "").strip()
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"{name}_FILE={path!r}: cannot read it ({reason})") from None
 
 
 def _env(name: str, parse: Callable[[str], Any], default: Any, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": name, "parse": parse, "secret": secret})
 
 
+# The schemes a DATABASE_URL may use: PostgreSQL through psycopg 3, and SQLite (the embedded
+# default). Anything else would fail later, deep in SQLAlchemy, on a driver we do not ship.
+DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "sqlite")
+
+
 def normalize_database_url(url: str) -> str:
     """Plain ``postgresql://`` (and Heroku's ``postgres://``) means psycopg 3 here."""
+    url = url.strip()
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in DATABASE_SCHEMES:
+        raise ValueError(
+            f"unsupported database {scheme.lower() if sep else 'URL'}; use "
+            "postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
+        )
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
-        if url.startswith(prefix):
+        if url.lower().startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
@@ -138,7 +198,9 @@ class Settings:
     send_window: tuple[time, time] = _env(
         "REMINDER_SEND_WINDOW", parse_window, (time(8, 0), time(21, 0))
     )
-    default_country: str = _env("REMINDER_DEFAULT_COUNTRY", _country, "US")
+    # For an organization whose time zone names no one country and whose `org add` has no
+    # --country; unset, such an organization needs --country.
+    default_country: str | None = _env("REMINDER_DEFAULT_COUNTRY", _country, None)
     max_attempts: int = _env("SMS_MAX_ATTEMPTS", _positive_int, 5)
     retry_backoff_seconds: float = _env("SMS_RETRY_BACKOFF_SECONDS", _non_negative_float, 30.0)
     max_segments: int = _env("SMS_MAX_SEGMENTS", _positive_int, 3)
@@ -175,16 +237,16 @@ class Settings:
     twilio_messaging_service_sid: str | None = _env(
         "TWILIO_MESSAGING_SERVICE_SID", _optional_text, None
     )
-    twilio_api_base_url: str = _env("TWILIO_API_BASE_URL", _text, "https://api.twilio.com")
+    twilio_api_base_url: str = _env("TWILIO_API_BASE_URL", _http_url, "https://api.twilio.com")
     twilio_timeout_seconds: float = _env("TWILIO_TIMEOUT_SECONDS", _positive_float, 10.0)
-    webhook_base_url: str | None = _env("WEBHOOK_BASE_URL", _optional_text, None)
+    webhook_base_url: str | None = _env("WEBHOOK_BASE_URL", _http_url, None)
     console_output: str | None = _env("SMS_CONSOLE_OUTPUT", _optional_text, None)
     # Touched by the worker on each heartbeat and by beat on each tick; the container health
     # checks test their age instead of a broker round-trip.
     worker_heartbeat_file: str | None = _env("WORKER_HEARTBEAT_FILE", _optional_text, None)
     beat_heartbeat_file: str | None = _env("BEAT_HEARTBEAT_FILE", _optional_text, None)
     log_format: str = _env("LOG_FORMAT", _choice("text", "json"), "text")
-    log_level: str = _env("LOG_LEVEL", lambda raw: raw.strip().upper(), "INFO")
+    log_level: str = _env("LOG_LEVEL", _log_level, "INFO")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -194,11 +256,13 @@ class Settings:
             name = f.metadata["env"]
             raw = env.get(name)
             if raw is None or not raw.strip():
+                raw = _from_file(name, env)
+            if raw is None or not raw.strip():
                 continue
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                shown = "(hidden)" if f.metadata["secret"] else repr(raw)
+                shown = _show(name, raw, secret=f.metadata["secret"])
                 reason = str(exc) if not f.metadata["secret"] else "invalid value"
                 raise ConfigError(f"{name}={shown}: {reason}") from None
         settings = cls(**values)

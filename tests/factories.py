@@ -19,7 +19,10 @@ from app.services.ratelimit import NoRateLimit
 from app.services.sender import Sender
 from app.settings import Settings
 
-TABLES = "reminders, daily_runs, opt_outs, templates, subscriptions, customers, organizations"
+TABLES = (
+    "test_messages, reminders, daily_runs, opt_outs, templates, subscriptions, customers, "
+    "organizations"
+)
 
 
 def clean_tables(engine: Engine) -> None:
@@ -36,6 +39,7 @@ def make_org(
     engine: Engine, slug: str = "acme", *, tz: str = "UTC", now: datetime, **kw: Any
 ) -> int:
     settings = Settings()
+    kw.setdefault("country", "US")  # national numbers in these tests are US ones
     with engine.begin() as conn:
         org = add_org(
             conn,

@@ -14,16 +14,19 @@ from sqlalchemy.exc import DBAPIError
 from app.errors import ReminderError
 from app.settings import get_settings
 
+PROG = "reminders"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="reminders", prog_name=PROG, message="%(prog)s %(version)s")
 def cli() -> None:
     """Scheduled SMS reminders for expiring subscriptions."""
 
 
 def _register() -> None:
-    from app.cli import run_commands, setup_commands
+    from app.cli import run_commands, send_test_commands, setup_commands
 
-    for module in (setup_commands, run_commands):
+    for module in (setup_commands, run_commands, send_test_commands):
         for command in module.COMMANDS:
             cli.add_command(command)
     try:
@@ -41,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point: one-line errors, meaningful exit codes."""
     try:
         get_settings()  # a bad setting stops every command with the variable's name
-        code = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        code = cli.main(
+            args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False
+        )
         if isinstance(code, int) and code:
             return code  # a command's documented status (`reminders run`: 3 = some failed)
     except click.exceptions.Exit as exc:
@@ -50,15 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo("error: aborted", err=True)
         return 130
     except click.UsageError as exc:
-        hint = (
-            f" (see `reminders {exc.ctx.command_path.split(' ', 1)[-1]} --help`)" if exc.ctx else ""
-        )
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
         return 2
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         return exc.exit_code
     except ReminderError as exc:
+        for detail in exc.details:
+            click.echo(f"  {detail}", err=True)
         click.echo(f"error: {exc}", err=True)
         return 1
     except DBAPIError as exc:

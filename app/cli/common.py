@@ -61,3 +61,8 @@ def parse_date(_ctx: click.Context, param: click.Parameter, value: str | None) -
         return date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date like 2030-01-31") from None
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, "customer")`` -> ``"1 customer"``; 2 -> ``"2 customers"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -12,7 +12,9 @@ import click
 from app.cli.common import echo_json, engine, make_sender, now, parse_date
 from app.db.models import STATUSES
 from app.errors import ValidationError
-from app.services import runner
+from app.services import dispatch, runner
+from app.services import orgs as org_service
+from app.services.send_test import sent_test_rows
 from app.services.sender import SendReport
 
 
@@ -74,12 +76,21 @@ def run_cmd(
     if on_date is not None:
         _not_today_notice(on_date, summary.previewed, "planned and previewed for it as a dry run")
     result = summary.as_dict()
+    day = None if summary.dry_run else _day(on_date, orgs)
     if as_json:
-        echo_json(result)
+        echo_json({**result, "day": day} if day is not None else result)
     else:
         _echo_summary(summary, result)
+        if day is not None:
+            _echo_day(day, on_date)
     if result["failed"]:
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _day(on_date: date | None, orgs: tuple[str, ...]) -> dict[str, int]:
+    with engine().connect() as conn:
+        days = dispatch.org_days(conn, org_slugs=orgs, on_date=on_date, now=now())
+        return dispatch.day_totals(conn, org_days=days)
 
 
 def _echo_summary(summary: runner.RunSummary, result: dict[str, Any]) -> None:
@@ -174,6 +185,7 @@ def _enqueue(
         _, previewed = runner.split_by_date(resolved, now=at, on_date=on_date)
         todays = {o.slug: o.today(at).isoformat() for o in previewed.values()}
         _not_today_notice(on_date, todays, "the workers only preview it")
+    before = _day(on_date, tuple(orgs)) if wait else None
     task_id = enqueue_day(on_date=on_date, org_slugs=orgs)
     if not wait:
         if as_json:
@@ -181,11 +193,24 @@ def _enqueue(
         else:
             click.echo(f"enqueued: task {task_id}")
         return
-    counts = wait_day(task_id, on_date=on_date, org_slugs=orgs, timeout=timeout)
+    counts = wait_day(task_id, on_date=on_date, org_slugs=orgs, timeout=timeout, before=before)
     if as_json:
         echo_json({"task_id": task_id, **counts})
-    else:
-        click.echo(f"task {task_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return
+    day = counts.pop("day")
+    pending = counts.pop("pending", 0) + counts.pop("sending", 0)
+    click.echo(
+        f"task {task_id}: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f", still pending {pending}"
+    )
+    _echo_day(day, on_date)
+
+
+def _echo_day(day: dict[str, int], on_date: date | None) -> None:
+    """The day's totals, labelled: earlier runs' texts are in them, not in the line above."""
+    which = on_date.isoformat() if on_date else "each organization's today"
+    click.echo(f"day's totals so far ({which}): " + ", ".join(f"{k} {v}" for k, v in day.items()))
 
 
 @click.command("status")
@@ -221,16 +246,24 @@ def messages_cmd(
     on_date: date | None, slug: str | None, status: str | None, limit: int | None, as_json: bool
 ) -> None:
     """The ledger's rows: who, what, and what happened."""
-    if slug is not None:
-        runner.resolve_orgs(engine(), [slug])
-    rows = runner.messages(engine(), on_date=on_date, slug=slug, status=status, limit=limit)
+    if slug is not None:  # a disabled organization's messages stay readable
+        with engine().connect() as conn:
+            org_service.get_org(conn, slug)
+    rows = [
+        {**r, "test": False}
+        for r in runner.messages(engine(), on_date=on_date, slug=slug, status=status, limit=limit)
+    ]
+    # `reminders send-test` texts, after the reminders: never counted with them.
+    rows += sent_test_rows(engine(), on_date=on_date, slug=slug, status=status)
+    rows = rows[:limit] if limit is not None else rows
     if as_json:
         echo_json(rows)
         return
     for r in rows:
         why = f" ({r['reason']})" if r["reason"] else ""
+        ident = f"test {r['id']}" if r["test"] else str(r["id"])
         click.echo(
-            f"{r['id']:>6} {r['org']:<12} {r['local_date']} {r['customer_id']:<10} "
+            f"{ident:>6} {r['org']:<12} {r['local_date']} {r['customer_id'] or '-':<10} "
             f"{r['phone'] or '-':<16} lead {r['lead_days']} left {r['days_left']} "
             f"{r['status']}{why}: {r['body'] or ''}"
         )

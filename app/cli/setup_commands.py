@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from app.cli.common import echo_json, engine, now, settings
+from app.cli.common import echo_json, engine, now, plural, settings
 from app.db.migrate import upgrade
 from app.domain.smart_encoding import SMART_ENCODING, describe, lookalike_note, lookalikes
 from app.domain.templates import Preview
@@ -33,47 +35,105 @@ def org_group() -> None:
     """Organizations: each has its own time zone, send time, window, lead days and templates."""
 
 
+def _org_options(*, new: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options `org add` and `org set` share (set: each one optional, unchanged if absent)."""
+    keep = "" if new else " Unchanged when not given."
+    options = [
+        click.option("--name", required=new, help="Name shown in texts." + keep),
+        click.option("--timezone", "tz", required=new, help="IANA zone, e.g. Europe/Paris." + keep),
+        click.option("--send-time", help="Local daily send time HH:MM [REMINDER_SEND_TIME]."),
+        click.option("--send-window", help="Local window HH:MM-HH:MM [REMINDER_SEND_WINDOW]."),
+        click.option(
+            "--lead-days", help="Comma-separated days before expiry [REMINDER_LEAD_DAYS]."
+        ),
+        click.option(
+            "--country",
+            help="Country national numbers (without +code) are read in, e.g. FR "
+            "[the time zone's country, else REMINDER_DEFAULT_COUNTRY].",
+        ),
+        click.option("--sender", help="From number, or a Messaging Service SID (MG…)."),
+        click.option(
+            "--rate",
+            type=float,
+            help="Message segments per second for this sender (a 3-segment text takes 3) "
+            "[SMS_RATE_PER_SECOND].",
+        ),
+    ]
+
+    def apply(f: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+def _org_input(slug: str, tz: str | None, **given: Any) -> org_service.OrgInput:
+    return org_service.OrgInput(slug=slug, timezone=tz, **given)
+
+
 @org_group.command("add")
 @click.argument("slug")
-@click.option("--name", required=True, help="Name shown in texts.")
-@click.option("--timezone", "tz", required=True, help="IANA zone, e.g. Europe/Paris.")
-@click.option("--send-time", help="Local daily send time HH:MM [REMINDER_SEND_TIME].")
-@click.option("--send-window", help="Local window HH:MM-HH:MM [REMINDER_SEND_WINDOW].")
-@click.option("--lead-days", help="Comma-separated days before expiry [REMINDER_LEAD_DAYS].")
-@click.option("--country", help="Default country for national numbers, e.g. US.")
-@click.option("--sender", help="From number, or a Messaging Service SID (MG…).")
-@click.option(
-    "--rate",
-    type=float,
-    help="Message segments per second for this sender (a 3-segment text takes 3) "
-    "[SMS_RATE_PER_SECOND].",
-)
-def org_add(
-    slug: str,
-    name: str,
-    tz: str,
-    send_time: str | None,
-    send_window: str | None,
-    lead_days: str | None,
-    country: str | None,
-    sender: str | None,
-    rate: float | None,
-) -> None:
+@_org_options(new=True)
+def org_add(slug: str, tz: str, **given: Any) -> None:
     """Add an organization."""
-    data = org_service.OrgInput(
-        slug=slug,
-        name=name,
-        timezone=tz,
-        send_time=send_time,
-        send_window=send_window,
-        lead_days=lead_days,
-        country=country,
-        sender=sender,
-        rate=rate,
-    )
     with engine().begin() as conn:
-        org = org_service.add_org(conn, data, settings=settings(), now=now())
-    click.echo(f"added organization {org.slug} ({org.name}, {org.timezone})")
+        org = org_service.add_org(
+            conn, _org_input(slug, tz, **given), settings=settings(), now=now()
+        )
+    click.echo(f"added organization {org.slug} ({org.name}, {org.timezone}, country {org.country})")
+
+
+@org_group.command("set")
+@click.argument("slug")
+@_org_options(new=False)
+def org_set(slug: str, tz: str | None, **given: Any) -> None:
+    """Change an organization's settings; a refused value changes nothing."""
+    data = _org_input(slug, tz, **given)
+    if all(v is None for v in (tz, *given.values())):
+        raise click.UsageError("nothing to change: give at least one option")
+    with engine().begin() as conn:
+        org = org_service.update_org(conn, data, settings=settings())
+    shown = org_service.org_dict(org)
+    changed = [
+        f"{key} {shown[key] if key != 'lead_days' else _leads(org.leads)}"
+        for key, value in (("timezone", tz), *given.items())
+        if value is not None
+    ]
+    click.echo(f"changed organization {org.slug}: " + ", ".join(changed))
+
+
+def _leads(leads: tuple[int, ...]) -> str:
+    return ",".join(str(x) for x in leads)
+
+
+def _enable(enabled: bool) -> click.Command:
+    verb = "enable" if enabled else "disable"
+
+    @org_group.command(verb)
+    @click.argument("slug")
+    def command(slug: str) -> None:
+        with engine().begin() as conn:
+            changed = org_service.set_enabled(conn, slug, enabled=enabled, now=now())
+        note = "" if changed else f" (it was already {verb}d)"
+        what = (
+            "it plans and sends again from its next send time"
+            if enabled
+            else f"it plans and sends nothing until `reminders org enable {slug}`; its customers, "
+            "templates and messages stay"
+        )
+        click.echo(f"{verb}d organization {slug}{note}: {what}")
+
+    command.help = (
+        "Plan and send for this organization again."
+        if enabled
+        else "Stop planning and sending for this organization (its data stays)."
+    )
+    return command
+
+
+_enable(False)
+_enable(True)
 
 
 @org_group.command("list")
@@ -87,9 +147,11 @@ def org_list(as_json: bool) -> None:
         return
     for r in rows:
         leads = ",".join(str(x) for x in r["lead_days"])  # type: ignore[attr-defined]
+        off = "" if r["active"] else f" DISABLED since {r['disabled_at']}"
         click.echo(
             f"{r['slug']:<16} {r['name']:<24} {r['timezone']:<22} send {r['send_time']} "
-            f"window {r['send_window']} leads {leads} sender {r['sender'] or '-'}"
+            f"window {r['send_window']} leads {leads} country {r['country']} "
+            f"sender {r['sender'] or '-'}{off}"
         )
 
 
@@ -198,12 +260,15 @@ def import_cmd(slug: str, file: Path, skip_invalid: bool) -> None:
 
     with engine().begin() as conn:
         report = import_csv(conn, slug, file, skip_invalid=skip_invalid, progress=progress)
-    for err in report.errors:
+    for err in report.listed_errors():
         click.echo(f"skipped {err}", err=True)
+    for err in report.listed_phone_errors():
+        click.echo(f"invalid phone, stored but gets no text: {err}", err=True)
     click.echo(
-        f"imported {report.subscriptions} subscriptions for {report.customers} customers into "
-        f"{slug}; {report.invalid_phones} invalid phone numbers (they get no text)"
-        + (f"; {len(report.errors)} bad rows skipped" if report.errors else "")
+        f"imported {plural(report.subscriptions, 'subscription')} for "
+        f"{plural(report.customers, 'customer')} into {slug}; "
+        f"{plural(report.invalid_phones, 'invalid phone number')} (they get no text)"
+        + (f"; {plural(report.bad_rows, 'bad row')} skipped" if report.bad_rows else "")
     )
 
 

@@ -91,8 +91,11 @@ class Organization(Base):
     country: Mapped[str] = mapped_column(String(2))
     sender: Mapped[str | None] = mapped_column(String(64))
     rate_per_second: Mapped[float | None] = mapped_column(Float)
+    # False after `reminders org disable`: plans and sends nothing (engine.load_orgs,
+    # ledger.active_org_ids select only active organizations); disabled_at says since when.
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     @property
     def leads(self) -> tuple[int, ...]:
@@ -228,3 +231,25 @@ class ProviderCircuit(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     numbers: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SendTestMessage(Base):
+    """A text sent by `reminders send-test`: kept apart from the ledger, so it is never counted
+    as a reminder, never takes a (subscription, expiry, lead day) slot and never blocks one."""
+
+    __tablename__ = "test_messages"
+    __table_args__ = (Index("ix_test_messages_org_created", "org_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    phone: Mapped[str] = mapped_column(String(20))
+    sender: Mapped[str | None] = mapped_column(String(64))
+    lead_days: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    segments: Mapped[int] = mapped_column(Integer)
+    encoding: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(10))  # sent | failed | unknown
+    provider_message_id: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

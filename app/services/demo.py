@@ -44,7 +44,7 @@ def load_demo(conn: Connection, *, settings: Settings, now: datetime) -> tuple[b
             conn,
             OrgInput(
                 slug=DEMO_SLUG,
-                name="Demo Fiber",
+                name="Demo Telecom",  # not "Demo Fiber": texts read "your <org> <plan> plan"
                 timezone=DEMO_TZ,
                 send_time="00:00",
                 send_window="00:00-00:00",  # all day: the demo goes out whenever it is started

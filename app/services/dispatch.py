@@ -212,6 +212,25 @@ def day_status_counts(conn: Connection, *, org_days: dict[int, date]) -> dict[st
     return {status: int(n) for status, n in conn.execute(stmt)}
 
 
+#: The statuses a day's totals list, in this order.
+DAY_STATUSES = ("sent", "failed", "skipped", "pending", "sending", "unknown")
+
+
+def org_days(
+    conn: Connection, *, org_slugs: Sequence[str], on_date: date | None, now: datetime
+) -> dict[int, date]:
+    """{organization id: the local date a run for these organizations (all active when none)
+    works on}."""
+    orgs = load_orgs(conn, ledger.active_org_ids(conn, list(org_slugs) or None))
+    return {o.id: o.today(now, on_date) for o in orgs.values()}
+
+
+def day_totals(conn: Connection, *, org_days: dict[int, date]) -> dict[str, int]:
+    """Every status of DAY_STATUSES with its count over those days (zeros included)."""
+    counts = day_status_counts(conn, org_days=org_days)
+    return {status: counts.get(status, 0) for status in DAY_STATUSES}
+
+
 def day_busy(conn: Connection, *, org_days: dict[int, date], now: datetime) -> int:
     """Rows of those days still to be acted on now: ``sending``, or ``pending`` and due."""
     if not org_days:

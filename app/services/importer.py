@@ -29,13 +29,34 @@ STATUSES = ("active", "cancelled")
 CHUNK = 5000
 
 
+MAX_LISTED = 100  # bad rows (and invalid phones) named one by one; beyond, a count
+
+
 @dataclass
 class ImportReport:
     rows: int = 0
     customers: int = 0
     subscriptions: int = 0
     invalid_phones: int = 0
-    errors: list[str] = field(default_factory=list)
+    bad_rows: int = 0
+    errors: list[str] = field(default_factory=list)  # the first MAX_LISTED bad rows
+    phone_errors: list[str] = field(default_factory=list)  # the first MAX_LISTED invalid phones
+
+    def bad(self, message: str) -> None:
+        self.bad_rows += 1
+        if len(self.errors) < MAX_LISTED:
+            self.errors.append(message)
+
+    def listed_errors(self) -> list[str]:
+        return _listed(self.errors, self.bad_rows, "bad rows")
+
+    def listed_phone_errors(self) -> list[str]:
+        return _listed(self.phone_errors, self.invalid_phones, "invalid phone numbers")
+
+
+def _listed(items: list[str], total: int, what: str) -> list[str]:
+    more = total - len(items)
+    return items + ([f"… and {more} more {what}"] if more > 0 else [])
 
 
 @dataclass(frozen=True)
@@ -54,7 +75,7 @@ class _Row:
     status: str
 
 
-def _parse_row(line: int, raw: dict[str, str | None], country: str) -> _Row:
+def _parse_row(line: int, raw: dict[str, str], country: str) -> _Row:
     def get(name: str) -> str:
         return (raw.get(name) or "").strip()
 
@@ -106,44 +127,102 @@ def _parse_row(line: int, raw: dict[str, str | None], country: str) -> _Row:
     )
 
 
-def read_rows(
-    stream: TextIO, *, country: str, skip_invalid: bool, report: ImportReport
-) -> list[_Row]:
-    reader = csv.DictReader(stream)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [h for h in REQUIRED if h not in header]
-    if missing:
+def _header(reader: Any) -> list[str]:
+    """The header line, checked; each refusal says what was found instead."""
+    first = next(reader, None)
+    while first == []:
+        first = next(reader, None)
+    if first is None:
         raise ValidationError(
-            f"line 1: header is missing {', '.join(missing)}; expected {','.join(REQUIRED)}"
+            f"the file is empty; expected a header line {','.join(REQUIRED)} and one line per "
+            "subscription"
         )
+    header = [h.strip() for h in first]
+    expected = f"expected {','.join(REQUIRED)}"
+    if len(header) == 1:
+        for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if delimiter in header[0]:
+                raise ValidationError(
+                    f"line 1: the columns are separated by {name} ({delimiter!r}), not commas; "
+                    f"save the file as comma-separated CSV ({expected})"
+                )
+    missing = [h for h in REQUIRED if h not in header]
+    cased = [h for h in header if h not in REQUIRED + OPTIONAL and h.lower() in REQUIRED + OPTIONAL]
+    if cased:
+        raise ValidationError(
+            f"line 1: column names are lowercase: found {', '.join(cased)}; {expected}"
+        )
+    if missing:
+        raise ValidationError(f"line 1: header is missing {', '.join(missing)}; {expected}")
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
         raise ValidationError(f"line 1: column {', '.join(repeated)} appears more than once")
     unknown = [h for h in header if h not in REQUIRED + OPTIONAL]
     if unknown:
         raise ValidationError(f"line 1: unknown column {', '.join(unknown)}")
-    reader.fieldnames = header
+    return header
+
+
+def _check_fields(start: int, end: int, header: list[str], fields: list[str]) -> dict[str, str]:
+    """The fields by column, or the reason the line cannot be read as one row."""
+    for name, value in zip(header, fields, strict=False):
+        if "\n" in value or "\r" in value:
+            raise ValidationError(
+                f"line {start}: unterminated quote: the quoted {name} opened on this line runs "
+                f"on to line {end}"
+            )
+        if "\x00" in value:
+            raise ValidationError(
+                f"line {start}: {name} contains a NUL byte (\\x00); is this a text CSV file?"
+            )
+    if len(fields) > len(header):
+        raise ValidationError(f"line {start}: more fields than the header has")
+    return dict(zip(header, fields, strict=False))
+
+
+def read_rows(
+    stream: TextIO, *, country: str, skip_invalid: bool, report: ImportReport
+) -> list[_Row]:
+    """Every row checked; with ``skip_invalid`` the bad ones are listed in the report,
+    otherwise every bad row (up to MAX_LISTED) is named in one refusal."""
+    reader = csv.reader(stream)
+    header = _header(reader)
     rows: list[_Row] = []
     seen: dict[str, int] = {}
-    for raw in reader:
-        line = reader.line_num
+    last = reader.line_num
+    while True:
+        start = last + 1
+        try:
+            fields = next(reader, None)
+        except csv.Error as exc:
+            report.bad(f"line {start}: cannot be read as CSV ({exc}); an unterminated quote?")
+            break
+        last = reader.line_num
+        if fields is None:
+            break
+        if not fields:
+            continue
         report.rows += 1
         try:
-            if None in raw:
-                raise ValidationError(f"line {line}: more fields than the header has")
-            row = _parse_row(line, raw, country)
+            row = _parse_row(start, _check_fields(start, last, header, fields), country)
             if row.subscription_id in seen:
                 raise ValidationError(
-                    f"line {line}: subscription_id {row.subscription_id!r} "
+                    f"line {start}: subscription_id {row.subscription_id!r} "
                     f"already on line {seen[row.subscription_id]}"
                 )
-            seen[row.subscription_id] = line
+            seen[row.subscription_id] = start
         except ValidationError as exc:
-            if not skip_invalid:
-                raise
-            report.errors.append(str(exc))
+            report.bad(str(exc))
             continue
         rows.append(row)
+    if report.bad_rows and not skip_invalid:
+        if report.bad_rows == 1:
+            raise ValidationError(report.errors[0])
+        raise ValidationError(
+            f"{report.bad_rows} bad rows; nothing was imported (fix them, or --skip-invalid "
+            "stores the good rows)",
+            details=tuple(report.listed_errors()),
+        )
     return rows
 
 
@@ -222,7 +301,9 @@ def import_csv(
             progress(start + len(part), len(rows))
     report.customers = len({r.customer_id for r in rows})
     report.subscriptions = len(rows)
-    report.invalid_phones = sum(1 for r in rows if r.phone_e164 is None)
+    invalid = [r for r in rows if r.phone_e164 is None]
+    report.invalid_phones = len(invalid)
+    report.phone_errors = [f"line {r.line}: {r.phone_error}" for r in invalid[:MAX_LISTED]]
     return report
 
 

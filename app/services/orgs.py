@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import ledger
 from app.db.models import DEFAULT_TEMPLATE_LEAD, OptOut, Organization, Template
 from app.domain import planning
+from app.domain.countries import check_country, zone_country
 from app.domain.phones import InvalidPhone, normalize_phone
 from app.domain.smart_encoding import smart_encode
 from app.domain.templates import DEFAULT_TEMPLATE, Preview, sample_render, validate_template
 from app.errors import NotFoundError, ValidationError
 from app.settings import Settings, get_settings, parse_clock, parse_lead_days, parse_window
 
+T = TypeVar("T")
 SLUG_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @dataclass(frozen=True)
 class OrgInput:
+    """What `org add` and `org set` were given; None: not given (add: the default, set: as is)."""
+
     slug: str
-    name: str
-    timezone: str
+    name: str | None = None
+    timezone: str | None = None
     send_time: str | None = None
     send_window: str | None = None
     lead_days: str | None = None
@@ -33,70 +40,124 @@ class OrgInput:
     rate: float | None = None
 
 
-def _parsed(label: str, parse: object, raw: str) -> object:
+def _parsed(label: str, parse: Callable[[str], T], raw: str) -> T:
     try:
-        return parse(raw)  # type: ignore[operator]
+        return parse(raw)
     except ValueError as exc:
         raise ValidationError(f"{label}: {exc}") from None
 
 
-def add_org(conn: Connection, data: OrgInput, *, settings: Settings, now: datetime) -> Organization:
-    """Create an organization; every field is checked first so nothing half-made is stored."""
-    slug = data.slug.strip().lower()
-    if not slug or not set(slug) <= SLUG_CHARS or len(slug) > 64:
-        raise ValidationError(f"slug {data.slug!r}: use lowercase letters, digits, - and _")
-    if not data.name.strip():
-        raise ValidationError("--name: must not be empty")
-    planning.zone(data.timezone)
+def _default_country(timezone: str, settings: Settings) -> str:
+    """The zone's one country, else REMINDER_DEFAULT_COUNTRY, else the operator must say."""
+    country = zone_country(timezone) or settings.default_country
+    if country is None:
+        raise ValidationError(
+            f"--country: the time zone {timezone} names no one country, so national numbers "
+            "could be read wrong; give --country (e.g. --country US) or set "
+            "REMINDER_DEFAULT_COUNTRY"
+        )
+    return country
+
+
+def _columns(data: OrgInput, base: Organization | None, settings: Settings) -> dict[str, Any]:
+    """The organization's columns after ``data`` (on top of ``base`` for `org set`), every
+    field checked first so nothing half-made is stored."""
+    values: dict[str, Any] = {}
+    if data.name is not None:
+        if not data.name.strip():
+            raise ValidationError("--name: must not be empty")
+        values["name"] = data.name.strip()
+    if data.timezone is not None:
+        planning.zone(data.timezone)
+        values["timezone"] = data.timezone
+    timezone = values.get("timezone") or (base.timezone if base else "UTC")
     send_time = (
         _parsed("--send-time", parse_clock, data.send_time)
-        if data.send_time
-        else settings.send_time
+        if data.send_time is not None
+        else (base.send_time if base else settings.send_time)
     )
     window = (
         _parsed("--send-window", parse_window, data.send_window)
-        if data.send_window
-        else settings.send_window
+        if data.send_window is not None
+        else ((base.window_start, base.window_end) if base else settings.send_window)
     )
-    assert isinstance(send_time, time) and isinstance(window, tuple)
     if not planning.in_window(send_time, window):
         raise ValidationError(
             f"--send-time {send_time:%H:%M} is outside --send-window "
             f"{window[0]:%H:%M}-{window[1]:%H:%M}: the day's texts would all wait for the next "
             "morning; choose a send time inside the window"
         )
-    leads = (
-        _parsed("--lead-days", parse_lead_days, data.lead_days)
-        if data.lead_days
-        else settings.lead_days
-    )
-    country = (data.country or settings.default_country).strip().upper()
-    if len(country) != 2 or not country.isalpha():
-        raise ValidationError(f"--country {data.country!r}: expected a two-letter code like US")
-    if data.rate is not None and data.rate <= 0:
-        raise ValidationError(f"--rate {data.rate}: must be above 0 messages per second")
+    values.update(send_time=send_time, window_start=window[0], window_end=window[1])
+    if data.lead_days is not None:
+        leads = _parsed("--lead-days", parse_lead_days, data.lead_days)
+        values["lead_days"] = ",".join(str(x) for x in leads)
+    elif base is None:
+        values["lead_days"] = ",".join(str(x) for x in settings.lead_days)
+    if data.country is not None:
+        values["country"] = _parsed("--country", check_country, data.country)
+    elif base is None:
+        values["country"] = _default_country(timezone, settings)
+    if data.sender is not None:
+        values["sender"] = data.sender.strip() or None
+    if data.rate is not None:
+        if not math.isfinite(data.rate) or data.rate <= 0:
+            raise ValidationError(
+                f"--rate {data.rate}: must be a number above 0 (message segments per second)"
+            )
+        values["rate_per_second"] = data.rate
+    return values
+
+
+def _slug(raw: str) -> str:
+    slug = raw.strip().lower()
+    if not slug or not set(slug) <= SLUG_CHARS or len(slug) > 64:
+        raise ValidationError(f"slug {raw!r}: use lowercase letters, digits, - and _")
+    return slug
+
+
+def add_org(conn: Connection, data: OrgInput, *, settings: Settings, now: datetime) -> Organization:
+    """Create an organization; every field is checked first so nothing half-made is stored."""
+    slug = _slug(data.slug)
+    if data.name is None or data.timezone is None:
+        raise ValidationError("--name and --timezone are required for a new organization")
+    values = _columns(data, None, settings)
     if conn.execute(select(Organization.id).where(Organization.slug == slug)).first():
         raise ValidationError(f"organization {slug!r} already exists")
-    assert isinstance(send_time, time) and isinstance(leads, tuple)
-    org = Organization(
-        slug=slug,
-        name=data.name.strip(),
-        timezone=data.timezone,
-        send_time=send_time,
-        window_start=window[0],  # type: ignore[index]
-        window_end=window[1],  # type: ignore[index]
-        lead_days=",".join(str(x) for x in leads),
-        country=country,
-        sender=(data.sender or "").strip() or None,
-        rate_per_second=data.rate,
-        active=True,
-        created_at=now,
-    )
-    values = {c.key: getattr(org, c.key) for c in Organization.__table__.columns if c.key != "id"}
+    values.update(slug=slug, sender=values.get("sender"), active=True, created_at=now)
+    values.setdefault("rate_per_second", None)
     inserted = conn.execute(insert(Organization).values(**values)).inserted_primary_key
     assert inserted is not None
-    org.id = inserted[0]
-    return org
+    return get_org(conn, slug)
+
+
+def update_org(conn: Connection, data: OrgInput, *, settings: Settings) -> Organization:
+    """`org set`: change what was given, checked like `org add`; a refusal changes nothing."""
+    org = get_org(conn, data.slug)
+    values = _columns(data, org, settings)
+    conn.execute(update(Organization).where(Organization.id == org.id).values(**values))
+    return get_org(conn, org.slug)
+
+
+def set_enabled(conn: Connection, slug: str, *, enabled: bool, now: datetime) -> bool:
+    """`org disable|enable`: a disabled organization plans and sends nothing; its customers,
+    templates and ledger stay. Returns whether anything changed."""
+    org = get_org(conn, slug)
+    if org.active == enabled:
+        return False
+    conn.execute(
+        update(Organization)
+        .where(Organization.id == org.id)
+        .values(active=enabled, disabled_at=None if enabled else now)
+    )
+    return True
+
+
+def disabled_slugs(conn: Connection, slugs: Sequence[str]) -> list[str]:
+    """Which of these organizations exist but are disabled (`reminders org disable`)."""
+    stmt = select(Organization.slug).where(
+        Organization.active.is_(False), Organization.slug.in_(list(slugs))
+    )
+    return sorted(conn.execute(stmt).scalars())
 
 
 def get_org(conn: Connection, slug: str) -> Organization:
@@ -122,6 +183,7 @@ def org_dict(org: Organization) -> dict[str, object]:
         "sender": org.sender,
         "rate": org.rate_per_second,
         "active": org.active,
+        "disabled_at": org.disabled_at.isoformat() if org.disabled_at else None,
     }
 
 

@@ -16,6 +16,7 @@ from app.db.models import Customer, Organization, Reminder, Subscription
 from app.domain import planning, rules
 from app.errors import NotFoundError
 from app.services.engine import OrgConfig, PlanReport, load_orgs, plan_day
+from app.services.orgs import disabled_slugs
 from app.services.sender import Sender, SendReport
 
 
@@ -67,6 +68,13 @@ def resolve_orgs(engine: Engine, slugs: Sequence[str]) -> dict[int, OrgConfig]:
         orgs = load_orgs(conn, ledger.active_org_ids(conn, slugs or None))
     missing = sorted(set(slugs) - {o.slug for o in orgs.values()})
     if missing:
+        with engine.connect() as conn:
+            disabled = disabled_slugs(conn, missing)
+        if disabled:
+            raise NotFoundError(
+                f"organization {', '.join(disabled)} is disabled and sends nothing; "
+                f"`reminders org enable {disabled[0]}` turns it back on"
+            )
         raise NotFoundError(
             f"no active organization {', '.join(repr(s) for s in missing)}; "
             "see `reminders org list`"

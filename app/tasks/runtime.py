@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 from celery import signals
+from click.core import ParameterSource
 from sqlalchemy import Engine
 
 from app import gcpolicy
@@ -112,9 +114,21 @@ def touch(path: str | None) -> None:
 # --- signals ----------------------------------------------------------------------------------
 
 
-def _setup_logging(**_: Any) -> None:
-    # Connecting this signal stops Celery from configuring logging: ours (LOG_FORMAT) applies.
-    configure_logging(get_settings())
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    # Connecting this signal stops Celery from configuring logging: ours (LOG_FORMAT) applies,
+    # at the level of Celery's own -l/--loglevel when the command line gives one.
+    configure_logging(get_settings(), level=loglevel if _loglevel_given() else None)
+
+
+def _loglevel_given() -> bool:
+    """Whether ``celery worker|beat`` was given ``-l/--loglevel`` (its default, WARNING, must
+    not hide LOG_LEVEL). Pool processes inherit the command's click context from the fork."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if "loglevel" in ctx.params:
+            return ctx.get_parameter_source("loglevel") not in (None, ParameterSource.DEFAULT)
+        ctx = ctx.parent
+    return False
 
 
 def _worker_init(**_: Any) -> None:

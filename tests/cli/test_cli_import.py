@@ -143,7 +143,17 @@ def test_one_bad_row_stores_nothing_and_names_line_and_reason(
             "customer_id,name,phone,subscription_id,plan,expires_on,colour\n",
             "line 1: unknown column colour",
         ),
-        ("", "line 1: header is missing"),
+        ("", "the file is empty"),
+        ("\n\n", "the file is empty"),
+        (
+            "customer_id;name;phone;subscription_id;plan;expires_on\nc1;A;+12025550101;s1;P;2030"
+            "-06-15\n",
+            "separated by semicolons (';'), not commas",
+        ),
+        (
+            "Customer_ID,Name,phone,subscription_id,plan,expires_on\n",
+            "column names are lowercase: found Customer_ID, Name",
+        ),
     ],
 )
 def test_bad_header_is_refused(

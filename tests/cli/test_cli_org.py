@@ -38,6 +38,7 @@ def test_org_add_then_list_json_shows_every_field(db: Engine, cli: Cli) -> None:
         "sender": "+15005550006",
         "rate": None,
         "active": True,
+        "disabled_at": None,
     }
 
 

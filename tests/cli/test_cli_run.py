@@ -142,7 +142,11 @@ def test_run_sends_due_texts_once_and_a_second_run_sends_nothing(
 def test_plain_run_output_and_logs_go_to_stderr(db: Engine, cli: Cli, acme: str) -> None:
     result = cli.ok("run")
 
-    assert result.out == ("planned 4, sent 4, failed 0, skipped 0, held 0, retrying 0, unknown 0\n")
+    assert result.out.splitlines() == [
+        "planned 4, sent 4, failed 0, skipped 0, held 0, retrying 0, unknown 0",
+        "day's totals so far (each organization's today): sent 4, failed 0, skipped 0, "
+        "pending 0, sending 0, unknown 0",
+    ]
     assert result.err.count("SMS to +12*******01") == 1  # the console provider masks numbers
 
 

@@ -25,7 +25,7 @@ def test_demo_on_an_empty_directory_sends_texts_to_the_console(tmp_path: Path, c
     sms_lines = [line for line in result.stderr.splitlines() if "SMS to " in line]
     assert len(sms_lines) == 6
     assert any(
-        "Hi Ada Lovelace, your Demo Fiber Fiber 500 plan expires in 5 days" in line
+        "Hi Ada Lovelace, your Demo Telecom Fiber 500 plan expires in 5 days" in line
         for line in sms_lines
     )
 
@@ -34,7 +34,9 @@ def test_demo_on_an_empty_directory_sends_texts_to_the_console(tmp_path: Path, c
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == [
         "refreshed demo organization 'demo' with 12 subscriptions",
-        "planned 0, sent 0, failed 0, skipped 0, held 0, retrying 0, unknown 0",
+        "planned 0, sent 0, failed 0, skipped 0, held 0, retrying 0, unknown 0",  # this run
+        "day's totals so far (each organization's today): sent 6, failed 0, skipped 2, "
+        "pending 0, sending 0, unknown 0",
     ]
     # cwd is tmp_path and DATABASE_URL is unset here too, so this reads the same reminders.db
     assert cli.json("status") == {"demo": {"sent": 6, "skipped": 2}}
@@ -46,7 +48,18 @@ def test_python_dash_m_app_is_the_same_command(tmp_path: Path, pg_engine: Engine
     slug = "modtest"
 
     added = run_script(
-        "org", "add", slug, "--name", "Mod", "--timezone", "UTC", cwd=tmp_path, env=env, module=True
+        "org",
+        "add",
+        slug,
+        "--name",
+        "Mod",
+        "--timezone",
+        "UTC",
+        "--country",
+        "US",
+        cwd=tmp_path,
+        env=env,
+        module=True,
     )
 
     assert added.returncode == 0, added.stderr
@@ -142,7 +155,7 @@ def test_bad_setting_stops_every_command_with_one_line(
 
 
 def test_twilio_provider_without_credentials_refuses_to_run(sqlite_db: Engine, cli: Cli) -> None:
-    cli.ok("org", "add", "acme", "--name", "Acme", "--timezone", "UTC")
+    cli.ok("org", "add", "acme", "--name", "Acme", "--timezone", "UTC", "--country", "US")
 
     result = cli("run", env={"SMS_PROVIDER": "twilio"})
 

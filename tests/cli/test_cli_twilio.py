@@ -81,7 +81,17 @@ def test_a_run_with_failed_texts_finishes_and_exits_3(
 ) -> None:
     """R6: the run is over and says what failed, with a status a script can test."""
     cli.ok(
-        "org", "add", "acme", "--name", "Acme", "--timezone", "UTC", "--send-window", "00:00-00:00"
+        "org",
+        "add",
+        "acme",
+        "--name",
+        "Acme",
+        "--timezone",
+        "UTC",
+        "--country",
+        "US",
+        "--send-window",
+        "00:00-00:00",
     )
     today = datetime.now(UTC).date()
     rows = [

@@ -98,9 +98,12 @@ def _docker(*args: str, stderr: int = subprocess.PIPE) -> str:
 class Stack:
     """One compose project: every command carries its project name and env file."""
 
-    def __init__(self, compose: list[str], project: str, env_file: Path) -> None:
+    def __init__(
+        self, compose: list[str], project: str, env_file: Path, passwords: dict[str, str]
+    ) -> None:
         self.project = project
         self.env_file = env_file
+        self.passwords = passwords  # what the env file sets (empty: generated ones)
         self.base = [*compose, "--project-name", project, "--env-file", str(env_file)]
         self.timings: dict[str, float] = {}
         self.health_report = ""
@@ -191,6 +194,11 @@ class Stack:
     def sms_lines(self) -> list[str]:
         return [line for line in self.logs("celery_worker").splitlines() if SMS_LINE.search(line)]
 
+    def secret(self, name: str) -> str:
+        """A file of the `secrets` volume, as the app (uid 1000) reads it."""
+        worker = self.container_ids("celery_worker")[0]
+        return _docker("exec", worker, "cat", f"/run/reminders-secrets/{name}")
+
     def ledger(self, status: str) -> list[dict[str, Any]]:
         """The ledger's rows in ``status``, as `reminders messages --json` prints them."""
         worker = self.container_ids("celery_worker")[0]
@@ -200,17 +208,26 @@ class Stack:
 
 
 @contextmanager
-def stack_under_test(tmp_path: Path) -> Iterator[Stack]:
+def stack_under_test(tmp_path: Path, *, passwords: bool = True) -> Iterator[Stack]:
+    """``passwords``: the env file sets POSTGRES_PASSWORD and REDIS_PASSWORD (they win);
+    without, the `secrets` service generates them, as on a fresh clone."""
     engine_started = time.monotonic()
     compose = _ensure_engine()
     engine_seconds = time.monotonic() - engine_started
     port = _free_port()
     env_file = tmp_path / "stack.env"
+    given = (
+        {
+            "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
+            "REDIS_PASSWORD": secrets.token_urlsafe(16),
+        }
+        if passwords
+        else {}
+    )
     env_file.write_text(
         "\n".join(
             [
-                f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}",
-                f"REDIS_PASSWORD={secrets.token_urlsafe(16)}",
+                *(f"{name}={value}" for name, value in given.items()),
                 "SMS_PROVIDER=console",
                 "REMINDER_DEMO=1",
                 f"REMINDER_TICK_SECONDS={TICK_SECONDS}",
@@ -226,7 +243,7 @@ def stack_under_test(tmp_path: Path) -> Iterator[Stack]:
             ]
         )
     )
-    stack = Stack(compose, f"reminders_e2e_{os.getpid()}", env_file)
+    stack = Stack(compose, f"reminders_e2e_{os.getpid()}", env_file, given)
     stack.timings["engine.sh"] = engine_seconds
     try:
         yield stack
@@ -279,6 +296,10 @@ def test_stack_sends_reminders_and_survives_restarts(tmp_path: Path) -> None:
             "the worker logged a different number of texts than the ledger holds"
         )
 
+        # The passwords the env file sets win over generated ones.
+        assert f":{stack.passwords['POSTGRES_PASSWORD']}@" in stack.secret("database_url")
+        assert stack.secret("redis_password") == stack.passwords["REDIS_PASSWORD"]
+
         # Non-root everywhere.
         assert stack.run("exec", "-T", "celery_worker", "id", "-u").stdout.strip() == "1000"
         _no_root_processes(stack)
@@ -329,3 +350,31 @@ def test_stack_sends_reminders_and_survives_restarts(tmp_path: Path) -> None:
         port = int(stack.run("port", "webhook", "8080").stdout.strip().rsplit(":", 1)[1])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
             assert response.status == 200
+
+
+def test_first_start_generates_secrets_kept_by_down_and_gone_with_down_v(tmp_path: Path) -> None:
+    """No password in the env file (a fresh clone): the `secrets` service makes them, the stack
+    comes up healthy and sends the demo; `down`/`up` keeps them, `down -v` takes them away."""
+    with stack_under_test(tmp_path, passwords=False) as stack:
+        stack.timed("build", "build")
+        stack.timed("up", "up", "-d")
+        _wait("migrate to finish", stack.migrate_done, 120)
+        stack.wait_healthy(*APP_SERVICES)
+        _wait("the demo's texts in the worker's log", stack.sms_lines, 120)
+        first = stack.secret("database_url")
+        generated = first.split("@", 1)[0].rsplit(":", 1)[1]
+        assert len(generated) >= 40, "not a strong generated password"
+        assert len(stack.secret("redis_password")) >= 40
+        assert generated not in stack.logs("secrets")
+
+        stack.timed("down", "down", "--timeout", "30")
+        stack.timed("up again", "up", "-d")
+        _wait("migrate to finish again", stack.migrate_done, 120)
+        stack.wait_healthy(*APP_SERVICES)
+        assert stack.secret("database_url") == first
+
+        stack.timed("down -v", "down", "-v", "--timeout", "30")
+        stack.timed("up after down -v", "up", "-d")
+        _wait("migrate to finish on fresh volumes", stack.migrate_done, 120)
+        stack.wait_healthy(*APP_SERVICES)
+        assert stack.secret("database_url") != first

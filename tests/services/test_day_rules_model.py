@@ -247,6 +247,7 @@ class DayRules(RuleBasedStateMachine):
             send_time=send_time,
             send_window=window,
             lead_days=",".join(map(str, leads)),
+            country="US",  # some zones (UTC) name no country
             rate=5.0 if slow else None,
         )
         try:
