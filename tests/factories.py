@@ -19,7 +19,10 @@ from app.services.ratelimit import NoRateLimit
 from app.services.sender import Sender
 from app.settings import Settings
 
-TABLES = "reminders, daily_runs, opt_outs, templates, subscriptions, customers, organizations"
+TABLES = (
+    "api_runs, api_keys, reminders, daily_runs, opt_outs, templates, subscriptions, customers, "
+    "organizations"
+)
 
 
 def clean_tables(engine: Engine) -> None:
