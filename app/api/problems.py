@@ -7,6 +7,7 @@ FastAPI's own 422 is replaced so a validation error names its field in one line 
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -100,6 +101,14 @@ def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str,
     return f"{first['field']}: {first['reason']}{more}", errors
 
 
+_OPTION = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")
+
+
+def as_field_names(message: str) -> str:
+    """A service's message names CLI options (``--send-time``); over HTTP, the JSON field."""
+    return _OPTION.sub(lambda m: m.group(1).replace("-", "_"), message)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_request: Request, exc: Problem) -> JSONResponse:
@@ -120,7 +129,7 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, NotFoundError):
             return problem_response(404, str(exc))
         if isinstance(exc, ValidationError):
-            return problem_response(422, str(exc))
+            return problem_response(422, as_field_names(str(exc)))
         if isinstance(exc, ConfigError):
             return problem_response(503, str(exc))
         return problem_response(409, str(exc))

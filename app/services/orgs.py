@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, time
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import ledger
@@ -39,14 +39,17 @@ def _parsed(label: str, parse: object, raw: str) -> object:
         raise ValidationError(f"{label}: {exc}") from None
 
 
-def add_org(conn: Connection, data: OrgInput, *, settings: Settings, now: datetime) -> Organization:
-    """Create an organization; every field is checked first so nothing half-made is stored."""
+def _validated(data: OrgInput, *, settings: Settings, now: datetime) -> Organization:
+    """Every field checked, defaults filled in: the organization as it would be stored."""
     slug = data.slug.strip().lower()
     if not slug or not set(slug) <= SLUG_CHARS or len(slug) > 64:
         raise ValidationError(f"slug {data.slug!r}: use lowercase letters, digits, - and _")
     if not data.name.strip():
         raise ValidationError("--name: must not be empty")
-    planning.zone(data.timezone)
+    try:
+        planning.zone(data.timezone)
+    except ValidationError as exc:
+        raise ValidationError(f"--timezone: {exc}") from None
     send_time = (
         _parsed("--send-time", parse_clock, data.send_time)
         if data.send_time
@@ -72,30 +75,73 @@ def add_org(conn: Connection, data: OrgInput, *, settings: Settings, now: dateti
     country = (data.country or settings.default_country).strip().upper()
     if len(country) != 2 or not country.isalpha():
         raise ValidationError(f"--country {data.country!r}: expected a two-letter code like US")
-    if data.rate is not None and data.rate <= 0:
+    if data.rate is not None and not data.rate > 0:
         raise ValidationError(f"--rate {data.rate}: must be above 0 messages per second")
-    if conn.execute(select(Organization.id).where(Organization.slug == slug)).first():
-        raise ValidationError(f"organization {slug!r} already exists")
-    assert isinstance(send_time, time) and isinstance(leads, tuple)
-    org = Organization(
+    assert isinstance(leads, tuple)
+    return Organization(
         slug=slug,
-        name=data.name.strip(),
+        name=data.name.strip()[:200],
         timezone=data.timezone,
         send_time=send_time,
         window_start=window[0],  # type: ignore[index]
         window_end=window[1],  # type: ignore[index]
         lead_days=",".join(str(x) for x in leads),
         country=country,
-        sender=(data.sender or "").strip() or None,
+        sender=(data.sender or "").strip()[:64] or None,
         rate_per_second=data.rate,
         active=True,
         created_at=now,
     )
+
+
+def add_org(conn: Connection, data: OrgInput, *, settings: Settings, now: datetime) -> Organization:
+    """Create an organization; every field is checked first so nothing half-made is stored."""
+    org = _validated(data, settings=settings, now=now)
+    if conn.execute(select(Organization.id).where(Organization.slug == org.slug)).first():
+        raise ValidationError(f"organization {org.slug!r} already exists")
     values = {c.key: getattr(org, c.key) for c in Organization.__table__.columns if c.key != "id"}
     inserted = conn.execute(insert(Organization).values(**values)).inserted_primary_key
     assert inserted is not None
     org.id = inserted[0]
     return org
+
+
+#: What an update may change (the time zone stays: it decides which day a row belongs to).
+UPDATABLE = ("name", "send_time", "send_window", "lead_days", "country", "sender", "rate")
+
+
+def update_org(
+    conn: Connection, slug: str, changes: dict[str, object], *, settings: Settings, now: datetime
+) -> Organization:
+    """Change some of an organization's settings, checked exactly as ``add_org`` checks them
+    (the result as a whole: a new send time must fit the window in force)."""
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise ValidationError(f"{', '.join(unknown)}: cannot be changed")
+    current = get_org(conn, slug)
+    merged = OrgInput(
+        slug=current.slug,
+        name=str(changes.get("name", current.name)),
+        timezone=current.timezone,
+        send_time=str(changes.get("send_time") or f"{current.send_time:%H:%M}"),
+        send_window=str(
+            changes.get("send_window") or f"{current.window_start:%H:%M}-{current.window_end:%H:%M}"
+        ),
+        lead_days=str(changes.get("lead_days") or current.lead_days),
+        country=str(changes.get("country") or current.country),
+        sender=str(changes["sender"] or "") if "sender" in changes else current.sender,
+        rate=changes.get("rate", current.rate_per_second),  # type: ignore[arg-type]
+    )
+    org = _validated(merged, settings=settings, now=current.created_at)
+    values = {c: getattr(org, c) for c in ("name", "send_time", "window_start", "window_end")}
+    values.update(
+        lead_days=org.lead_days,
+        country=org.country,
+        sender=org.sender,
+        rate_per_second=org.rate_per_second,
+    )
+    conn.execute(update(Organization).where(Organization.id == current.id).values(**values))
+    return get_org(conn, slug)
 
 
 def get_org(conn: Connection, slug: str) -> Organization:
@@ -177,7 +223,7 @@ def preview(conn: Connection, slug: str, *, lead: int | None) -> tuple[Preview, 
 
 
 def set_opt_out(
-    conn: Connection, slug: str, phone: str, *, opted_out: bool, now: datetime
+    conn: Connection, slug: str, phone: str, *, opted_out: bool, now: datetime, source: str = "cli"
 ) -> tuple[str, bool]:
     """Opt a number out (or back in). Returns the normalized number and whether it changed."""
     org = get_org(conn, slug)
@@ -186,7 +232,7 @@ def set_opt_out(
     except InvalidPhone as exc:
         raise ValidationError(str(exc)) from None
     if opted_out:
-        changed = ledger.add_opt_out(conn, org_id=org.id, phone_e164=e164, source="cli", now=now)
+        changed = ledger.add_opt_out(conn, org_id=org.id, phone_e164=e164, source=source, now=now)
     else:
         result = conn.execute(
             delete(OptOut).where(OptOut.org_id == org.id, OptOut.phone_e164 == e164)

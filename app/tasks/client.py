@@ -14,6 +14,7 @@ from typing import Any
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy import Engine
 
 from app.db import ledger
 from app.domain.planning import utcnow
@@ -62,14 +63,9 @@ def wait_day(
         planned = _wait_planned(task_id, deadline, poll_seconds)
     engine = runtime.current().engine
     while True:
-        now = utcnow()
-        with engine.connect() as conn:
-            orgs = load_orgs(conn, ledger.active_org_ids(conn, org_slugs or None))
-            days = {o.id: o.today(now, on_date) for o in orgs.values()}
-            busy = dispatch.day_busy(conn, org_days=days, now=now)
-            counts = dispatch.day_status_counts(conn, org_days=days)
+        busy, counts = day_counts(engine, on_date=on_date, org_slugs=org_slugs)
         summary: dict[str, Any] = {"planned": planned} if planned is not None else {}
-        summary.update({status: counts.get(status, 0) for status in _COUNTED})
+        summary.update(counts)
         if not busy:
             return summary
         if time.monotonic() >= deadline:
@@ -79,6 +75,20 @@ def wait_day(
                 "are the workers running? `reminders status` shows progress"
             )
         time.sleep(poll_seconds)
+
+
+def day_counts(
+    engine: Engine, *, on_date: date | None, org_slugs: list[str]
+) -> tuple[int, dict[str, int]]:
+    """The day's rows of these organizations (all when empty): how many are still due or
+    sending, and the count per status."""
+    now = utcnow()
+    with engine.connect() as conn:
+        orgs = load_orgs(conn, ledger.active_org_ids(conn, org_slugs or None))
+        days = {o.id: o.today(now, on_date) for o in orgs.values()}
+        busy = dispatch.day_busy(conn, org_days=days, now=now)
+        counts = dispatch.day_status_counts(conn, org_days=days)
+    return busy, {status: counts.get(status, 0) for status in _COUNTED}
 
 
 def _wait_planned(task_id: str, deadline: float, poll_seconds: float) -> int:

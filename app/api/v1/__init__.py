@@ -4,4 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-ROUTERS: list[APIRouter] = []
+from app.api.v1 import ledger, orgs, runs, subscriptions, templates
+
+ROUTERS: list[APIRouter] = [
+    orgs.router,
+    templates.router,
+    subscriptions.router,
+    ledger.router,
+    runs.router,
+]
