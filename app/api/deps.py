@@ -64,3 +64,13 @@ CallerDep = Annotated[Caller, Depends(caller)]
 AdminDep = Annotated[Caller, Depends(admin)]
 EngineDep = Annotated[Engine, Depends(engine)]
 SettingsDep = Annotated[Settings, Depends(settings)]
+
+
+def org_in_path(slug: str, who: CallerDep, eng: EngineDep) -> None:
+    """Router-level: a path's organization is checked before its body is, so another
+    organization's key gets 404 whatever it sent."""
+    with eng.connect() as conn:
+        visible_org(conn, who, slug)
+
+
+OrgInPath = Depends(org_in_path)

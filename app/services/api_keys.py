@@ -61,22 +61,31 @@ def create_key(
 
 
 def list_keys(conn: Connection) -> list[dict[str, object]]:
+    """Every key's id, scope, name and prefix (never the key: it is not stored)."""
     rows = conn.execute(
-        select(ApiKey, Organization.slug)
+        select(
+            ApiKey.id,
+            Organization.slug,
+            ApiKey.org_id.is_(None),
+            ApiKey.name,
+            ApiKey.prefix,
+            ApiKey.created_at,
+            ApiKey.revoked_at,
+        )
         .outerjoin(Organization, Organization.id == ApiKey.org_id)
         .order_by(ApiKey.id)
     ).all()
     return [
         {
-            "id": k.id,
+            "id": key_id,
             "organization": slug,
-            "admin": k.org_id is None,
-            "name": k.name,
-            "prefix": k.prefix,
-            "created_at": k.created_at.isoformat(),
-            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            "admin": bool(admin),
+            "name": name,
+            "prefix": prefix,
+            "created_at": created.isoformat(),
+            "revoked_at": revoked.isoformat() if revoked else None,
         }
-        for k, slug in ((row[0], row[1]) for row in rows)
+        for key_id, slug, admin, name, prefix, created, revoked in rows
     ]
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from app.api import pages
-from app.api.deps import CallerDep, EngineDep, visible_org
+from app.api.deps import CallerDep, EngineDep, OrgInPath, visible_org
 from app.api.problems import Problem, responses
 from app.db import ledger
 from app.db.models import OptOut
@@ -19,7 +19,7 @@ from app.domain.status import Status
 from app.services import orgs as org_service
 from app.services import runner
 
-router = APIRouter(prefix="/organizations/{slug}", tags=["messages"])
+router = APIRouter(prefix="/organizations/{slug}", tags=["messages"], dependencies=[OrgInPath])
 
 
 class MessageOut(BaseModel):

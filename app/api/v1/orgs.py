@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api import pages
-from app.api.deps import AdminDep, CallerDep, EngineDep, SettingsDep, visible_org
+from app.api.deps import AdminDep, CallerDep, EngineDep, OrgInPath, SettingsDep, visible_org
 from app.api.problems import responses
 from app.db.models import Organization
 from app.domain.planning import utcnow
@@ -99,6 +99,7 @@ def list_orgs(
 @router.get(
     "/{slug}",
     response_model=OrgOut,
+    dependencies=[OrgInPath],
     summary="One organization",
     responses=responses(401, 404),
 )
@@ -110,6 +111,7 @@ def read_org(slug: str, who: CallerDep, engine: EngineDep) -> Any:
 @router.patch(
     "/{slug}",
     response_model=OrgOut,
+    dependencies=[OrgInPath],
     summary="Change send time, window, lead days, country, sender or rate",
     responses=responses(401, 404, 422),
 )

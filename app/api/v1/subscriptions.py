@@ -12,13 +12,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from app.api import pages
-from app.api.deps import CallerDep, EngineDep, visible_org
+from app.api.deps import CallerDep, EngineDep, OrgInPath, visible_org
 from app.api.problems import Problem, responses
 from app.services import subscriptions as subs
 from app.services.api_keys import Caller
 from app.services.importer import BulkError, upsert_items
 
-router = APIRouter(prefix="/organizations/{slug}", tags=["subscriptions"])
+router = APIRouter(prefix="/organizations/{slug}", tags=["subscriptions"], dependencies=[OrgInPath])
 
 MAX_ITEMS = 10_000
 Text = Annotated[str, Field(max_length=1000)]

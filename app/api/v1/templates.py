@@ -8,13 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from app.api.deps import CallerDep, EngineDep, SettingsDep, visible_org
+from app.api.deps import CallerDep, EngineDep, OrgInPath, SettingsDep, visible_org
 from app.api.problems import responses
 from app.domain.planning import utcnow
 from app.domain.templates import Preview
 from app.services import orgs as org_service
 
-router = APIRouter(prefix="/organizations/{slug}/templates", tags=["templates"])
+router = APIRouter(
+    prefix="/organizations/{slug}/templates", tags=["templates"], dependencies=[OrgInPath]
+)
 
 Lead = Annotated[
     str,
