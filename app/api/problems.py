@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ConfigError, NotFoundError, ReminderError, ValidationError
@@ -133,6 +134,16 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, ConfigError):
             return problem_response(503, str(exc))
         return problem_response(409, str(exc))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the checks let through (a NUL character): bad input.
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else "a value it cannot store"
+        return problem_response(422, f"input: the database refused it ({first})")
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _unencodable(_request: Request, _exc: UnicodeEncodeError) -> JSONResponse:
+        return problem_response(422, "input: text with a lone surrogate (not valid Unicode)")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
