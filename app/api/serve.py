@@ -40,7 +40,7 @@ def config(settings: Settings, *, host: str, port: int, workers: int) -> uvicorn
         host=host,
         port=port,
         workers=workers,
-        http="h11",
+        http="app.api.protocol:H11WithDeadline",
         loop="asyncio",
         lifespan="off",
         log_config=None,

@@ -76,8 +76,9 @@ def _threads(pid: int) -> int:
 def test_300_half_open_requests_do_not_hold_the_server(
     pg_engine: Engine, pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    """Each declares a body and never sends it. The server keeps answering within a second,
-    with a bounded number of threads, and drops the half-open ones at the body deadline."""
+    """Half declare a body and never send it, half never finish their headers. The server keeps
+    answering within a second, with a bounded number of threads, and drops the half-open ones
+    at the deadline (408 for a missing body)."""
     env = {
         **api_env(pg_url, redis_url),
         "SMS_PROVIDER": "twilio",
@@ -90,12 +91,15 @@ def test_300_half_open_requests_do_not_hold_the_server(
     with serve(env, tmp_path) as running:
         port = int(running.base.rsplit(":", 1)[1])
         held = []
-        for _ in range(300):
+        for n in range(300):
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
-            s.sendall(
-                b"POST /twilio/status HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
-            )
+            if n % 2:  # headers never finished
+                s.sendall(b"POST /twilio/status HTTP/1.1\r\nHost: x\r\nContent-")
+            else:  # a body declared and never sent
+                s.sendall(
+                    b"POST /twilio/status HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                    b"application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+                )
             held.append(s)
         try:
             time.sleep(0.5)
@@ -116,6 +120,8 @@ def test_300_half_open_requests_do_not_hold_the_server(
             held[0].settimeout(10)
             answer = held[0].recv(4096)
             assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            held[1].settimeout(10)
+            assert held[1].recv(4096) == b""  # closed at the deadline, nothing answered
         finally:
             for s in held:
                 s.close()
