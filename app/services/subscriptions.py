@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from app.db.models import Customer, Subscription
-from app.errors import NotFoundError
+from app.errors import NotFoundError, ValidationError
 from app.services.importer import OPTIONAL, REQUIRED, upsert_items
 from app.services.orgs import get_org
 
@@ -131,3 +131,24 @@ def get_customer(conn: Connection, slug: str, external_id: str) -> dict[str, Any
         "phone_e164": row[3],
         "subscriptions": subs,
     }
+
+
+def update_customer(
+    conn: Connection, slug: str, external_id: str, changes: Mapping[str, str | None]
+) -> dict[str, Any]:
+    """Change a customer's name or phone: their subscriptions' rows are upserted again with the
+    change, through the import's checks (a number that is not valid is stored and gets no text,
+    as on import)."""
+    current = get_customer(conn, slug, external_id)
+    subs = current["subscriptions"]
+    if not subs:
+        raise ValidationError(f"customer {external_id!r}: has no subscription to update through")
+    items = []
+    for sub in subs:
+        item: dict[str, str | None] = {
+            k: None if sub[k] is None else str(sub[k]) for k in (*REQUIRED, *OPTIONAL)
+        }
+        item.update(changes)
+        items.append(item)
+    upsert_items(conn, slug, items, label="customer")
+    return get_customer(conn, slug, external_id)

@@ -131,3 +131,15 @@ def test_a_change_between_planning_and_sending_is_effective_for_that_send(
     assert row.status == "skipped" and reason in (row.reason or ""), (row.status, row.reason)
     listed = api.ok("GET", "/v1/organizations/acme/messages", params={"status": "skipped"})
     assert [m["id"] for m in listed["items"]] == [rid]
+
+
+def test_update_a_customer_through_the_imports_checks(api: Api) -> None:
+    api.ok("POST", SUBS, json={"items": [item(0), item(1, customer_id="c0")]})
+    customers = "/v1/organizations/acme/customers"
+    changed = api.ok("PATCH", f"{customers}/c0", json={"name": "Ada L.", "phone": "(415) 555-2671"})
+    assert (changed["name"], changed["phone_e164"]) == ("Ada L.", "+14155552671")
+    assert len(changed["subscriptions"]) == 2
+    assert "name is empty" in problem(api.patch(f"{customers}/c0", json={"name": " "}), 422)
+    bad_phone = api.ok("PATCH", f"{customers}/c0", json={"phone": "12"})
+    assert bad_phone["phone_e164"] is None  # stored, and it gets no text (as on import)
+    assert problem(api.patch(f"{customers}/nobody", json={"name": "X"}), 404)

@@ -78,6 +78,11 @@ class SubscriptionPatch(BaseModel):
     currency: Text | None = None
 
 
+class CustomerPatch(BaseModel):
+    name: Text | None = None
+    phone: Text | None = Field(None, description="E.164, or national for the org's country")
+
+
 class CustomerOut(BaseModel):
     customer_id: str
     name: str
@@ -212,3 +217,17 @@ def read_customer(slug: str, customer_id: str, who: CallerDep, engine: EngineDep
     with engine.connect() as conn:
         visible_org(conn, who, slug)
         return subs.get_customer(conn, slug, customer_id)
+
+
+@router.patch(
+    "/customers/{customer_id}",
+    response_model=CustomerDetail,
+    summary="Change a customer's name or phone (checked as an import checks it)",
+    responses=responses(401, 404, 422),
+)
+def update_customer(
+    slug: str, customer_id: str, body: CustomerPatch, who: CallerDep, engine: EngineDep
+) -> Any:
+    changes = {k: _as_text(v) for k, v in body.model_dump(exclude_unset=True).items()}
+    with engine.begin() as conn:
+        return subs.update_customer(conn, slug, customer_id, changes)
