@@ -83,16 +83,19 @@ def get_subscription(conn: Connection, slug: str, external_id: str) -> dict[str,
     return _shown(row)
 
 
+def _as_item(stored: Mapping[str, Any], changes: Mapping[str, str | None]) -> dict[str, str | None]:
+    """A stored subscription as an import item (a CSV line's columns), with changes laid over."""
+    item = {k: None if stored[k] is None else str(stored[k]) for k in (*REQUIRED, *OPTIONAL)}
+    item.update(changes)
+    return item
+
+
 def update_subscription(
     conn: Connection, slug: str, external_id: str, changes: Mapping[str, str | None]
 ) -> dict[str, Any]:
     """Renew (a new ``expires_on``), cancel (``status``), or change plan or amount."""
     current = get_subscription(conn, slug, external_id)
-    item: dict[str, str | None] = {
-        k: None if current[k] is None else str(current[k]) for k in (*REQUIRED, *OPTIONAL)
-    }
-    item.update(changes)
-    upsert_items(conn, slug, [item], label="subscription")
+    upsert_items(conn, slug, [_as_item(current, changes)], label="subscription")
     return get_subscription(conn, slug, external_id)
 
 
@@ -143,12 +146,5 @@ def update_customer(
     subs = current["subscriptions"]
     if not subs:
         raise ValidationError(f"customer {external_id!r}: has no subscription to update through")
-    items = []
-    for sub in subs:
-        item: dict[str, str | None] = {
-            k: None if sub[k] is None else str(sub[k]) for k in (*REQUIRED, *OPTIONAL)
-        }
-        item.update(changes)
-        items.append(item)
-    upsert_items(conn, slug, items, label="customer")
+    upsert_items(conn, slug, [_as_item(sub, changes) for sub in subs], label="customer")
     return get_customer(conn, slug, external_id)
