@@ -75,6 +75,25 @@ def org_add(
     click.echo(f"added organization {org.slug} ({org.name}, {org.timezone})")
 
 
+@org_group.command("update")
+@click.argument("slug")
+@click.option("--name", help="Name shown in texts.")
+@click.option("--send-time", help="Local daily send time HH:MM.")
+@click.option("--send-window", help="Local window HH:MM-HH:MM.")
+@click.option("--lead-days", help="Comma-separated days before expiry.")
+@click.option("--country", help="Default country for national numbers, e.g. US.")
+@click.option("--sender", help="From number, or a Messaging Service SID (MG…); '' for the default.")
+@click.option("--rate", type=float, help="Message segments per second for this sender.")
+def org_update(slug: str, **options: object) -> None:
+    """Change an organization's settings (checked as `org add` checks them; the API's PATCH)."""
+    changes = {k: v for k, v in options.items() if v is not None}
+    if not changes:
+        raise ValidationError("nothing to change; see `reminders org update --help`")
+    with engine().begin() as conn:
+        org = org_service.update_org(conn, slug, changes, settings=settings(), now=now())
+    click.echo(f"updated organization {org.slug}: " + ", ".join(sorted(changes)))
+
+
 @org_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def org_list(as_json: bool) -> None:

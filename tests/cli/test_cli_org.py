@@ -177,3 +177,17 @@ def test_org_list_plain_text_has_one_line_per_org(db: Engine, cli: Cli) -> None:
 
     assert [line.split()[0] for line in lines] == ["acme", "beta"]
     assert "Pacific/Auckland" in lines[1]
+
+
+def test_org_update_is_checked_as_org_add_and_a_refusal_changes_nothing(
+    cli: Cli, db: Engine
+) -> None:
+    cli.ok(*ACME)
+    assert "send_time" in cli.ok("org", "update", "acme", "--send-time", "10:15").out
+    error = cli("org", "update", "acme", "--send-time", "23:30").error
+    assert "--send-time 23:30 is outside --send-window" in error
+    assert "--lead-days" in cli("org", "update", "acme", "--lead-days", "x").error
+    assert "nothing to change" in cli("org", "update", "acme").error
+    assert "no organization" in cli("org", "update", "nope", "--name", "X").error
+    (org,) = cli.json("org", "list")
+    assert org["send_time"] == "10:15"
