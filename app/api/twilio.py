@@ -7,9 +7,10 @@ nothing; what a callback changes is decided in ``app.webhook.receipts``.
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.problems import Problem, responses
@@ -25,7 +26,16 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 router = APIRouter(tags=["twilio"])
 
 
-async def _signed_form(request: Request, path: str) -> Form:
+Signature = Annotated[
+    str | None,
+    Header(
+        alias="X-Twilio-Signature",
+        description="HMAC-SHA1 with the auth token over WEBHOOK_BASE_URL + path and the form",
+    ),
+]
+
+
+async def _signed_form(request: Request, path: str, signature: str | None) -> Form:
     raw = (await request.body()).decode("utf-8", errors="replace")
     form = Form(parse_qs(raw, keep_blank_values=True))
     signatures: Signatures = request.app.state.signatures
@@ -43,8 +53,8 @@ async def _signed_form(request: Request, path: str) -> Form:
     summary="Twilio's status callback (signed form post)",
     responses=responses(400, 403, 413),
 )
-async def twilio_status(request: Request) -> Response:
-    form = await _signed_form(request, STATUS_CALLBACK_PATH)
+async def twilio_status(request: Request, signature: Signature = None) -> Response:
+    form = await _signed_form(request, STATUS_CALLBACK_PATH, signature)
     sid = form.one("MessageSid") or form.one("SmsSid")
     status = form.one("MessageStatus") or form.one("SmsStatus")
     if not sid or not status:
@@ -66,8 +76,8 @@ async def twilio_status(request: Request) -> Response:
     summary="Twilio's incoming-text webhook (signed form post); answers empty TwiML",
     responses={200: {"content": {"text/xml": {}}}, **responses(400, 403, 413)},
 )
-async def twilio_inbound(request: Request) -> Response:
-    form = await _signed_form(request, INBOUND_PATH)
+async def twilio_inbound(request: Request, signature: Signature = None) -> Response:
+    form = await _signed_form(request, INBOUND_PATH, signature)
     from_number, to_number = form.one("From"), form.one("To")
     if not from_number or not to_number:
         raise Problem(400, "From and To: both needed")
