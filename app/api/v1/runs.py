@@ -181,6 +181,9 @@ def list_tasks(
     if not who.admin:
         stmt = stmt.where(ApiRun.org_id == who.org_id)
     app = _celery()
+    # Past result_expires a finished run's result is gone and Celery would call it PENDING:
+    # runs that old are not active.
+    stmt = stmt.where(ApiRun.created_at > utcnow() - app.conf.result_expires)
     found: list[dict[str, Any]] = []
     with engine.connect() as conn:
         runs = conn.execute(stmt).all()
