@@ -68,7 +68,7 @@ def test_answers_on_a_kept_alive_connection_do_not_stall(server: Server) -> None
     started = time.monotonic()
     for _ in range(20):
         assert session.get(server.base + "/healthz", timeout=5).status_code == 200
-    assert time.monotonic() - started < 0.4  # 20 x 40 ms would be 0.8 s
+    assert time.monotonic() - started < 0.6  # stalled, 20 x 40 ms would be 0.8 s at least
 
 
 def test_several_workers_serve_one_port(pg_url: str, redis_url: str, tmp_path: Path) -> None:
