@@ -1,4 +1,4 @@
-# Image for every app service (migrate, celery_worker, celery_beat, webhook) and, as the
+# Image for every app service (migrate, celery_worker, celery_beat, api) and, as the
 # `flower` target, for the monitoring profile. Build: docker-compose build (or docker build .).
 
 # --- deps: the pinned runtime dependencies in a venv; rebuilt only when requirements.txt changes.
@@ -40,7 +40,7 @@ COPY docker/flower.sh /usr/local/bin/docker-flower
 COPY docker/secrets.sh /usr/local/bin/docker-secrets
 WORKDIR /home/app
 USER 1000:1000
-# The worker touches its heartbeat file every ~2 s; compose overrides this for beat and webhook.
+# The worker touches its heartbeat file every ~2 s; compose overrides this for beat and api.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["docker-healthcheck", "worker"]
 ENTRYPOINT ["docker-entrypoint"]

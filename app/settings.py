@@ -245,6 +245,12 @@ class Settings:
     # checks test their age instead of a broker round-trip.
     worker_heartbeat_file: str | None = _env("WORKER_HEARTBEAT_FILE", _optional_text, None)
     beat_heartbeat_file: str | None = _env("BEAT_HEARTBEAT_FILE", _optional_text, None)
+    # The HTTP API (`reminders serve`): a client that declares a body and does not send it
+    # within API_BODY_TIMEOUT_SECONDS gets 408; at most API_LIMIT_CONCURRENCY connections at once.
+    api_max_body_bytes: int = _env("API_MAX_BODY_BYTES", _positive_int, 8 * 1024 * 1024)
+    api_body_timeout_seconds: float = _env("API_BODY_TIMEOUT_SECONDS", _positive_float, 10.0)
+    api_keep_alive_seconds: float = _env("API_KEEP_ALIVE_SECONDS", _positive_float, 5.0)
+    api_limit_concurrency: int = _env("API_LIMIT_CONCURRENCY", _positive_int, 1000)
     log_format: str = _env("LOG_FORMAT", _choice("text", "json"), "text")
     log_level: str = _env("LOG_LEVEL", _log_level, "INFO")
 

@@ -1,4 +1,4 @@
-"""Twilio's side of the service: the callback webhook and reconciliation of unknown outcomes."""
+"""Twilio's side of the service: reconciliation of unknown outcomes (the webhook is the API's)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,6 @@ from app.cli.common import echo_json, engine, now, parse_date, settings
 from app.logs import configure_logging
 from app.providers import build_provider, check_provider_settings
 from app.services.reconcile import reconcile
-
-
-@click.command("webhook")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-def webhook_cmd(host: str, port: int) -> None:
-    """Serve Twilio's status callbacks and incoming texts (STOP/START)."""
-    from app.webhook.server import check_webhook_settings, serve
-
-    s = settings()
-    check_webhook_settings(s)  # one line naming what is missing, before binding the port
-    configure_logging(s, stream=sys.stderr)
-    serve(host, port, settings=s)
 
 
 @click.command("reconcile")
@@ -64,4 +51,4 @@ def reconcile_cmd(since: date | None, safe_delay: float | None, as_json: bool) -
     )
 
 
-COMMANDS = [webhook_cmd, reconcile_cmd]
+COMMANDS = [reconcile_cmd]

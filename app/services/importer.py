@@ -8,7 +8,7 @@ not a bad row: the customer is stored and the ledger later shows ``skipped: inva
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -75,38 +75,39 @@ class _Row:
     status: str
 
 
-def _parse_row(line: int, raw: dict[str, str], country: str) -> _Row:
+def _parse_row(line: int, raw: dict[str, str | None], country: str, *, at: str = "") -> _Row:
+    """One row or item, checked; ``at`` names where it is ("line 3", "item 2")."""
+    at = at or f"line {line}"
+
     def get(name: str) -> str:
         return (raw.get(name) or "").strip()
 
     for name in REQUIRED:
         if name != "phone" and not get(name):
-            raise ValidationError(f"line {line}: {name} is empty")
+            raise ValidationError(f"{at}: {name} is empty")
     try:
         expires_on = date.fromisoformat(get("expires_on"))
     except ValueError:
         raise ValidationError(
-            f"line {line}: expires_on {get('expires_on')!r} is not a date like 2030-01-31"
+            f"{at}: expires_on {get('expires_on')!r} is not a date like 2030-01-31"
         ) from None
     amount = None
     if get("amount"):
         try:
             amount = Decimal(get("amount"))
         except InvalidOperation:
-            raise ValidationError(
-                f"line {line}: amount {get('amount')!r} is not a number"
-            ) from None
+            raise ValidationError(f"{at}: amount {get('amount')!r} is not a number") from None
         if not amount.is_finite() or abs(amount) >= Decimal("1e10"):
-            raise ValidationError(f"line {line}: amount {get('amount')!r} is out of range")
+            raise ValidationError(f"{at}: amount {get('amount')!r} is out of range")
     currency = get("currency").upper() or None
     if currency is not None and (len(currency) != 3 or not currency.isalpha()):
-        raise ValidationError(f"line {line}: currency {currency!r} is not a 3-letter code like USD")
+        raise ValidationError(f"{at}: currency {currency!r} is not a 3-letter code like USD")
     status = get("status").lower() or "active"
     if status not in STATUSES:
-        raise ValidationError(f"line {line}: status {status!r} must be active or cancelled")
+        raise ValidationError(f"{at}: status {status!r} must be active or cancelled")
     for name in ("customer_id", "subscription_id"):
         if len(get(name)) > 100:
-            raise ValidationError(f"line {line}: {name} is longer than 100 characters")
+            raise ValidationError(f"{at}: {name} is longer than 100 characters")
     try:
         e164, error = normalize_phone(get("phone"), country), None
     except InvalidPhone as exc:
@@ -204,17 +205,10 @@ def read_rows(
             continue
         report.rows += 1
         try:
-            row = _parse_row(start, _check_fields(start, last, header, fields), country)
-            if row.subscription_id in seen:
-                raise ValidationError(
-                    f"line {start}: subscription_id {row.subscription_id!r} "
-                    f"already on line {seen[row.subscription_id]}"
-                )
-            seen[row.subscription_id] = start
+            raw = _check_fields(start, last, header, fields)
+            rows.append(_check_row(start, dict(raw), country, seen, label="line"))
         except ValidationError as exc:
             report.bad(str(exc))
-            continue
-        rows.append(row)
     if report.bad_rows and not skip_invalid:
         if report.bad_rows == 1:
             raise ValidationError(report.errors[0])
@@ -224,6 +218,50 @@ def read_rows(
             details=tuple(report.listed_errors()),
         )
     return rows
+
+
+def check_rows(
+    numbered: Iterable[tuple[int, dict[str, str | None]]],
+    *,
+    country: str,
+    label: str = "line",
+    stop_at_first: bool = False,
+) -> tuple[list[_Row], list[tuple[int, str]]]:
+    """Every row checked (a JSON item, as a CSV line is): the good rows, and each bad one's
+    position and reason."""
+    rows: list[_Row] = []
+    errors: list[tuple[int, str]] = []
+    seen: dict[str, int] = {}
+    for position, raw in numbered:
+        try:
+            rows.append(_check_row(position, raw, country, seen, label=label))
+        except ValidationError as exc:
+            errors.append((position, str(exc)))
+            if stop_at_first:
+                break
+    return rows, errors
+
+
+def _check_row(
+    position: int,
+    raw: dict[str, str | None],
+    country: str,
+    seen: dict[str, int],
+    *,
+    label: str,
+) -> _Row:
+    """One CSV line or JSON item checked, and not a second row for a subscription seen."""
+    at = f"{label} {position}"
+    if None in raw:  # more fields than the header has
+        raise ValidationError(f"{at}: more fields than the header has")
+    row = _parse_row(position, raw, country, at=at)
+    if row.subscription_id in seen:
+        raise ValidationError(
+            f"{at}: subscription_id {row.subscription_id!r} "
+            f"already on {label} {seen[row.subscription_id]}"
+        )
+    seen[row.subscription_id] = position
+    return row
 
 
 def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -294,11 +332,7 @@ def import_csv(
         raise ValidationError(f"{path}: not UTF-8 text") from None
     except csv.Error as exc:
         raise ValidationError(f"{path}: not a readable CSV file ({exc})") from None
-    for start in _chunks(len(rows)):
-        part = rows[start : start + CHUNK]
-        _store(conn, org.id, part)
-        if progress:
-            progress(start + len(part), len(rows))
+    store_rows(conn, org.id, rows, progress=progress)
     report.customers = len({r.customer_id for r in rows})
     report.subscriptions = len(rows)
     invalid = [r for r in rows if r.phone_e164 is None]
@@ -307,5 +341,59 @@ def import_csv(
     return report
 
 
+def store_rows(
+    conn: Connection,
+    org_id: int,
+    rows: list[_Row],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Upsert checked rows by their external ids, in chunks, in the caller's transaction."""
+    for start in _chunks(len(rows)):
+        part = rows[start : start + CHUNK]
+        _store(conn, org_id, part)
+        if progress:
+            progress(start + len(part), len(rows))
+
+
 def _chunks(total: int) -> Iterable[int]:
     return range(0, total, CHUNK)
+
+
+class BulkError(ValidationError):
+    """Some items are bad, and nothing was stored: every bad item's index and reason."""
+
+    def __init__(self, errors: list[tuple[int, str]]) -> None:
+        more = f" (and {len(errors) - 1} more bad items)" if len(errors) > 1 else ""
+        super().__init__(f"{errors[0][1]}{more}; nothing was stored")
+        self.errors = errors
+
+
+def upsert_items(
+    conn: Connection,
+    slug: str,
+    items: Sequence[Mapping[str, str | None]],
+    *,
+    partial: bool = False,
+    label: str = "item",
+) -> tuple[ImportReport, list[tuple[int, str]]]:
+    """The API's bulk upsert: the same checks and writes as a CSV import, item by item.
+
+    All or nothing (BulkError naming every bad item) unless ``partial``: then the good items
+    are stored and the bad ones returned with their index and reason.
+    """
+    org = get_org(conn, slug)
+    rows, errors = check_rows(
+        ((i, dict(item)) for i, item in enumerate(items)), country=org.country, label=label
+    )
+    if errors and not partial:
+        raise BulkError(errors)
+    store_rows(conn, org.id, rows)
+    report = ImportReport(
+        rows=len(items),
+        customers=len({r.customer_id for r in rows}),
+        subscriptions=len(rows),
+        invalid_phones=sum(1 for r in rows if r.phone_e164 is None),
+        errors=[message for _, message in errors],
+    )
+    return report, errors

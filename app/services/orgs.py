@@ -160,6 +160,36 @@ def disabled_slugs(conn: Connection, slugs: Sequence[str]) -> list[str]:
     return sorted(conn.execute(stmt).scalars())
 
 
+#: What the API's PATCH may change (the time zone stays: it decides which day a row belongs to).
+UPDATABLE = ("name", "send_time", "send_window", "lead_days", "country", "sender", "rate")
+
+
+def patch_org(
+    conn: Connection, slug: str, changes: dict[str, object], *, settings: Settings
+) -> Organization:
+    """The API's PATCH: ``update_org`` (`org set`) with these fields; a null sender or rate
+    clears it."""
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise ValidationError(f"{', '.join(unknown)}: cannot be changed")
+    given = {k: v for k, v in changes.items() if v is not None}
+    if "sender" in changes and changes["sender"] is None:
+        given["sender"] = ""
+    rate = given.pop("rate", None)
+    data = OrgInput(
+        slug=slug,
+        rate=float(rate) if isinstance(rate, int | float | str) else None,
+        **{k: str(v) for k, v in given.items()},
+    )
+    org = update_org(conn, data, settings=settings)
+    if "rate" in changes and changes["rate"] is None:
+        conn.execute(
+            update(Organization).where(Organization.id == org.id).values(rate_per_second=None)
+        )
+        org = get_org(conn, slug)
+    return org
+
+
 def get_org(conn: Connection, slug: str) -> Organization:
     org = Session(bind=conn).scalars(select(Organization).where(Organization.slug == slug)).first()
     if org is None:
@@ -287,7 +317,7 @@ def preview(
 
 
 def set_opt_out(
-    conn: Connection, slug: str, phone: str, *, opted_out: bool, now: datetime
+    conn: Connection, slug: str, phone: str, *, opted_out: bool, now: datetime, source: str = "cli"
 ) -> tuple[str, bool]:
     """Opt a number out (or back in). Returns the normalized number and whether it changed."""
     org = get_org(conn, slug)
@@ -296,7 +326,7 @@ def set_opt_out(
     except InvalidPhone as exc:
         raise ValidationError(str(exc)) from None
     if opted_out:
-        changed = ledger.add_opt_out(conn, org_id=org.id, phone_e164=e164, source="cli", now=now)
+        changed = ledger.add_opt_out(conn, org_id=org.id, phone_e164=e164, source=source, now=now)
     else:
         result = conn.execute(
             delete(OptOut).where(OptOut.org_id == org.id, OptOut.phone_e164 == e164)

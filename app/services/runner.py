@@ -339,7 +339,12 @@ def messages(
     slug: str | None = None,
     status: str | None = None,
     limit: int | None = None,
+    customer: str | None = None,
+    subscription: str | None = None,
+    after_id: int | None = None,
+    row_id: int | None = None,
 ) -> list[dict[str, Any]]:
+    """The ledger's rows, oldest first, with the filters the CLI and the API offer."""
     stmt = (
         select(
             Reminder.id,
@@ -376,6 +381,14 @@ def messages(
         stmt = stmt.where(Organization.slug == slug)
     if status is not None:
         stmt = stmt.where(Reminder.status == status)
+    if customer is not None:
+        stmt = stmt.where(Customer.external_id == customer)
+    if subscription is not None:
+        stmt = stmt.where(Subscription.external_id == subscription)
+    if after_id is not None:
+        stmt = stmt.where(Reminder.id > after_id)
+    if row_id is not None:
+        stmt = stmt.where(Reminder.id == row_id)
     if limit is not None:
         stmt = stmt.limit(limit)
     with engine.connect() as conn:

@@ -15,6 +15,7 @@ import redis
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy import Engine
 
 from app.domain.planning import utcnow
 from app.errors import ReminderError
@@ -101,11 +102,7 @@ def wait_day(
         planned = _wait_planned(task_id, deadline, poll_seconds)
     engine = runtime.current().engine
     while True:
-        now = utcnow()
-        with engine.connect() as conn:
-            days = dispatch.org_days(conn, org_slugs=org_slugs, on_date=on_date, now=now)
-            busy = dispatch.day_busy(conn, org_days=days, now=now)
-            totals = dispatch.day_totals(conn, org_days=days)
+        busy, totals = day_counts(engine, on_date=on_date, org_slugs=org_slugs)
         summary: dict[str, Any] = {"planned": planned} if planned is not None else {}
         summary.update(
             {
@@ -123,6 +120,19 @@ def wait_day(
                 f"totals: {shown}); are the workers running? `reminders status` shows progress"
             )
         time.sleep(poll_seconds)
+
+
+def day_counts(
+    engine: Engine, *, on_date: date | None, org_slugs: list[str]
+) -> tuple[int, dict[str, int]]:
+    """The day's rows of these organizations (all when empty): how many are still due or
+    sending, and the day's totals per status."""
+    now = utcnow()
+    with engine.connect() as conn:
+        days = dispatch.org_days(conn, org_slugs=org_slugs, on_date=on_date, now=now)
+        busy = dispatch.day_busy(conn, org_days=days, now=now)
+        totals = dispatch.day_totals(conn, org_days=days)
+    return busy, totals
 
 
 def _wait_planned(task_id: str, deadline: float, poll_seconds: float) -> int:

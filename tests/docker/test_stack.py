@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT.parent / "shared" / "docker" / "engine.sh"
-APP_SERVICES = ("celery_worker", "celery_beat", "webhook")
+APP_SERVICES = ("celery_worker", "celery_beat", "api")
 SMS_LINE = re.compile(r"SMS to \+[0-9*]+ from ")
 TICK_SECONDS = 5
 
@@ -234,7 +234,7 @@ def stack_under_test(tmp_path: Path, *, passwords: bool = True) -> Iterator[Stac
                 "LOG_FORMAT=text",
                 "LOG_LEVEL=INFO",
                 f"WEBHOOK_PORT={port}",
-                # The webhook refuses to start without what it needs to check Twilio's signatures.
+                # The api refuses to start without what it needs to check Twilio's signatures.
                 f"TWILIO_AUTH_TOKEN={secrets.token_hex(16)}",
                 f"WEBHOOK_BASE_URL=http://127.0.0.1:{port}",
                 "REMINDERS_IMAGE=reminders:e2e",
@@ -272,7 +272,7 @@ def test_stack_sends_reminders_and_survives_restarts(tmp_path: Path) -> None:
         started = time.monotonic()
         stack.timed("up", "up", "-d")
 
-        # migrate ran to completion; worker, beat and webhook report healthy.
+        # migrate ran to completion; worker, beat and api report healthy.
         _wait("migrate to finish", stack.migrate_done, 120)
         assert "demo" in stack.logs("migrate")
         stack.wait_healthy(*APP_SERVICES)
@@ -346,8 +346,8 @@ def test_stack_sends_reminders_and_survives_restarts(tmp_path: Path) -> None:
         assert len(stack.ledger("sent")) == len(sent)
         assert stack.ledger("sending") == []
 
-        # The webhook answers on its published port.
-        port = int(stack.run("port", "webhook", "8080").stdout.strip().rsplit(":", 1)[1])
+        # The api answers on its published port.
+        port = int(stack.run("port", "api", "8080").stdout.strip().rsplit(":", 1)[1])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
             assert response.status == 200
 

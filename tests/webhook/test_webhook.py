@@ -1,23 +1,25 @@
-"""The webhook service over real HTTP, with signatures from the twilio package's validator."""
+"""Twilio's callbacks on the API server (a real `reminders serve` process over HTTP), with
+signatures from the twilio package's validator."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 
 import pytest
 import requests
-from freezegun import freeze_time
 from sqlalchemy import Engine, select
 from twilio.request_validator import RequestValidator
 
 from app.db.models import OptOut
+from app.domain import planning
 from app.errors import ConfigError
 from app.settings import Settings
-from app.webhook.server import make_webhook_server
+from app.webhook.signatures import check_webhook_settings
 from tests import factories
 from tests.ledger_rows import get_row, make_org, make_row
+from tests.serving import serve
 
 TOKEN = "webhook-test-token-0123456789"
 PUBLIC = "https://hooks.example.org"
@@ -67,21 +69,26 @@ class Client:
         return self.post("/twilio/inbound", form)
 
 
+def webhook_env(engine: Engine) -> dict[str, str]:
+    return {
+        "DATABASE_URL": engine.url.render_as_string(hide_password=False),
+        "SMS_PROVIDER": "twilio",
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "TWILIO_FROM_NUMBER": OUR_NUMBER,
+        "TWILIO_MESSAGING_SERVICE_SID": SERVICE,
+        "WEBHOOK_BASE_URL": PUBLIC + "/",
+    }
+
+
 @pytest.fixture
-def client(engine: Engine) -> Iterator[Client]:
-    server = make_webhook_server("127.0.0.1", 0, settings=webhook_settings(), engine=engine)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    c = Client(f"http://127.0.0.1:{server.server_port}")
-    try:
-        yield c
-    finally:
-        c.session.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def client(engine: Engine, tmp_path: Path) -> Iterator[Client]:
+    with serve(webhook_env(engine), tmp_path, command="webhook") as server:
+        c = Client(server.base)
+        try:
+            yield c
+        finally:
+            c.session.close()
 
 
 def opted_out(engine: Engine) -> set[tuple[int, str, str]]:
@@ -97,41 +104,37 @@ def test_healthz(client: Client) -> None:
     assert (response.status_code, response.text) == (200, "ok")
 
 
-def test_refuses_to_start_without_token_or_public_url(engine: Engine) -> None:
+def test_refuses_to_start_without_token_or_public_url() -> None:
     twilio = Settings(sms_provider="twilio", twilio_auth_token="x")
     with pytest.raises(ConfigError, match="WEBHOOK_BASE_URL"):
-        make_webhook_server("127.0.0.1", 0, settings=twilio, engine=engine)
+        check_webhook_settings(twilio)
 
 
-def test_with_the_console_provider_it_starts_closed(engine: Engine) -> None:
+def test_with_the_console_provider_it_starts_closed(engine: Engine, tmp_path: Path) -> None:
     """Nothing calls back without Twilio: healthy, but every callback is refused."""
-    server = make_webhook_server("127.0.0.1", 0, settings=Settings(), engine=engine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    try:
-        assert requests.get(base + "/healthz", timeout=5).status_code == 200
+    env = {"DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    with serve(env, tmp_path) as server:
+        assert requests.get(server.base + "/healthz", timeout=5).status_code == 200
         posted = requests.post(
-            base + "/twilio/inbound",
+            server.base + "/twilio/inbound",
             data={"From": "+12025550100", "To": "+15005550006", "Body": "STOP"},
             headers={"X-Twilio-Signature": "anything"},
             timeout=5,
         )
         assert posted.status_code == 403
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_valid_status_callback_updates_the_row(engine: Engine, client: Client) -> None:
     org = make_org(engine)
     rid = make_row(engine, org, status="sent", provider_message_id=SID)
 
-    with freeze_time("2030-01-02 03:04:05"):
-        assert client.status("delivered").status_code == 204
+    before = datetime.now(UTC)
+    assert client.status("delivered").status_code == 204
+    after = datetime.now(UTC)
 
     row = get_row(engine, rid)
     assert row.delivery_status == "delivered" and row.status == "sent"
-    assert row.updated_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert before <= row.updated_at <= after
 
 
 def test_failed_delivery_keeps_the_error_code(engine: Engine, client: Client) -> None:
@@ -148,17 +151,25 @@ def test_a_text_expired_in_twilios_queue_waits_for_the_next_opening(
 ) -> None:
     """30036: Twilio dropped it when its validity (the window's close) ran out: it was never
     delivered, so it goes back to the ledger for the next opening instead of counting as sent."""
+    # The server's clock is the real one: a window that opens two hours from now is closed.
+    now = datetime.now(UTC)
+    opens = (now + timedelta(hours=2)).time().replace(minute=0, second=0, microsecond=0)
+    closes = time((opens.hour + 1) % 24, 0)
     org = factories.make_org(
-        engine, "paris", tz="Europe/Paris", now=datetime.now(UTC), send_window="08:00-21:00"
+        engine,
+        "somewhere",
+        tz="UTC",
+        now=now,
+        send_time=f"{opens:%H:%M}",
+        send_window=f"{opens:%H:%M}-{closes:%H:%M}",
     )
     rid = make_row(engine, org, status="sent", provider_message_id=SID)
 
-    with freeze_time("2030-01-02 20:30:00"):  # 21:30 in Paris: closed
-        assert client.status("failed", code="30036").status_code == 204
+    assert client.status("failed", code="30036").status_code == 204
 
     row = get_row(engine, rid)
     assert (row.status, row.reason, row.error_code) == ("pending", "held", "30036")
-    assert row.next_attempt_at == datetime(2030, 1, 3, 7, 0, tzinfo=UTC)  # 08:00 in Paris
+    assert row.next_attempt_at == planning.next_window_open(now, "UTC", (opens, closes))
     assert row.provider_message_id is None and row.delivery_status is None
     assert client.status("failed", code="30036").status_code == 204  # repeated: no change
     assert get_row(engine, rid).status == "pending"

@@ -12,7 +12,7 @@ from alembic import op
 
 revision = "0005_org_disabled"
 # The lead rewires this onto 0004 after merging; 0003 is today's head (its id is "0003").
-down_revision = "0003"
+down_revision = "0004_api_keys"
 branch_labels = None
 depends_on = None
 

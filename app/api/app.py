@@ -1,0 +1,45 @@
+"""The one ASGI application: Twilio's callbacks, health, and the v1 resources."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.api import health, problems, twilio
+from app.api.limits import BodyLimits
+from app.api.v1 import ROUTERS
+from app.db.session import get_engine
+from app.settings import Settings, get_settings
+from app.webhook.signatures import Signatures, check_webhook_settings
+
+DESCRIPTION = """Feed the reminder service and read what it did.
+
+Every `/v1` route needs `Authorization: Bearer KEY` (`reminders api-key create`). An
+organization's key sees only its organization; an admin key manages organizations and may act
+on every organization. Errors are `application/problem+json` (RFC 9457)."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; refuses (ConfigError) when Twilio is used without what signatures need."""
+    settings = settings or get_settings()
+    check_webhook_settings(settings)
+    app = FastAPI(
+        title="Reminders API",
+        version="1",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = get_engine(settings.database_url)
+    app.state.signatures = Signatures(settings)
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(twilio.router)
+    for router in ROUTERS:
+        app.include_router(router, prefix="/v1")
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.api_max_body_bytes,
+        timeout=settings.api_body_timeout_seconds,
+    )
+    return app
