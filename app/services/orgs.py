@@ -68,7 +68,10 @@ def _columns(data: OrgInput, base: Organization | None, settings: Settings) -> d
             raise ValidationError("--name: must not be empty")
         values["name"] = data.name.strip()
     if data.timezone is not None:
-        planning.zone(data.timezone)
+        try:
+            planning.zone(data.timezone)
+        except ValidationError as exc:
+            raise ValidationError(f"--timezone: {exc}") from None
         values["timezone"] = data.timezone
     timezone = values.get("timezone") or (base.timezone if base else "UTC")
     send_time = (

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from sqlalchemy import Engine, text
 
 from tests.api.conftest import key_for
 from tests.api.support import Api, problem
+from tests.cli.test_cli_template_bounds import ISSUE_CASES
 
 PARIS = {"slug": "paris", "name": "Paris Gym", "timezone": "Europe/Paris"}
 
@@ -105,3 +109,17 @@ def test_a_template_refused_as_template_set_refuses_it(api: Api) -> None:
     assert "lead" in problem(
         api.put("/v1/organizations/acme/templates/999", json={"body": "x"}), 422
     )
+
+
+@pytest.mark.parametrize("case", list(ISSUE_CASES))
+def test_a_hostile_template_is_refused_through_the_api_within_a_second(api: Api, case: str) -> None:
+    """Issue 15's hostile templates, PUT by an organization's key: 422 with the one-line
+    problem, answered within a second, nothing stored."""
+    started = time.monotonic()
+    answer = api.put("/v1/organizations/acme/templates/3", json={"body": ISSUE_CASES[case]})
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0
+    assert problem(answer, 422).startswith("template not allowed: ")
+    assert api.ok("GET", "/v1/organizations/acme/templates/3")["source"] == "built-in default"
+    assert api.ok("GET", "/v1/organizations")  # the server still answers

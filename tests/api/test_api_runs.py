@@ -63,7 +63,11 @@ def test_a_run_goes_to_the_workers_and_is_followed_to_the_end(
         assert api.ok("GET", "/v1/tasks")["items"] == []  # finished: not active
     assert (tmp_path / "sms.txt").read_text().count("\n") == 2
 
-    admin.ok("POST", "/v1/organizations", json={"slug": "other", "name": "O", "timezone": "UTC"})
+    admin.ok(
+        "POST",
+        "/v1/organizations",
+        json={"slug": "other", "name": "O", "timezone": "UTC", "country": "US"},
+    )
     other = Api(api.base, key_for(db, "other"))
     assert problem(other.get(f"/v1/tasks/{task_id}"), 404)
     assert problem(other.post("/v1/runs", json={"organization": "acme"}), 404)

@@ -38,8 +38,10 @@ def test_demo_on_an_empty_directory_sends_texts_to_the_console(tmp_path: Path, c
         "day's totals so far (each organization's today): sent 6, failed 0, skipped 2, "
         "pending 0, sending 0, unknown 0",
     ]
-    # cwd is tmp_path and DATABASE_URL is unset here too, so this reads the same reminders.db
-    assert cli.json("status") == {"demo": {"sent": 6, "skipped": 2}}
+    # The demo's own reminders.db, named absolutely: an engine an earlier test made in this
+    # process for the relative default URL would read another directory's file.
+    url = f"sqlite:///{tmp_path / 'reminders.db'}"
+    assert cli.json("status", env={"DATABASE_URL": url}) == {"demo": {"sent": 6, "skipped": 2}}
 
 
 def test_python_dash_m_app_is_the_same_command(tmp_path: Path, pg_engine: Engine) -> None:

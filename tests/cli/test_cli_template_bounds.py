@@ -35,8 +35,8 @@ ISSUE_CASES = {
 @pytest.fixture
 def gym(cli: Cli) -> str:
     cli.ok(
-        "org", "add", "gym", "--name", "Gym", "--timezone", "UTC", "--lead-days", "7,2,0",
-        "--send-window", "00:00-00:00",
+        "org", "add", "gym", "--name", "Gym", "--timezone", "UTC", "--country", "US",
+        "--lead-days", "7,2,0", "--send-window", "00:00-00:00",
     )  # fmt: skip
     return "gym"
 
@@ -89,7 +89,7 @@ def _store_behind_the_save(engine: Engine, slug: str, body: str) -> None:
 def test_a_hostile_template_fails_only_its_own_organizations_texts(
     db: Engine, cli: Cli, gym: str, tmp_path: Path, case: str
 ) -> None:
-    cli.ok("org", "add", "acme", "--name", "Acme", "--timezone", "UTC",
+    cli.ok("org", "add", "acme", "--name", "Acme", "--timezone", "UTC", "--country", "US",
            "--send-window", "00:00-00:00")  # fmt: skip
     _store_behind_the_save(db, gym, ISSUE_CASES[case])
     rows = [

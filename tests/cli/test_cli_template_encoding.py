@@ -17,7 +17,19 @@ PASTED = "Hi {{ customer.name }}, your plan’s ending soon – renew today to k
 
 @pytest.fixture
 def gym(cli: Cli) -> str:
-    cli.ok("org", "add", "gym", "--name", "Gym", "--timezone", "UTC", "--lead-days", "7,2,0")
+    cli.ok(
+        "org",
+        "add",
+        "gym",
+        "--name",
+        "Gym",
+        "--timezone",
+        "UTC",
+        "--country",
+        "US",
+        "--lead-days",
+        "7,2,0",
+    )
     return "gym"
 
 
