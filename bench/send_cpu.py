@@ -121,12 +121,17 @@ def main() -> None:
         with engine.connect() as conn:
             ids = ledger.due_ids(conn, now=utcnow(), limit=n)
         before = thread_cpu()
+        w0 = time.monotonic()
         batches = [sender.submit_ids(ids[i : i + 1000]) for i in range(0, len(ids), 1000)]
         sent = sum(b.result().sent for b in batches)
         t2 = time.process_time()
+        wall = time.monotonic() - w0
         by_thread = {k: v - before.get(k, 0.0) for k, v in thread_cpu().items()}
         sender.close()
         print(f"texts sent:     {sent:,} of {n:,}")
+        allowed = args.rate * args.senders
+        share = f" = {sent / wall / allowed:.1%} of {allowed:,.0f}/s allowed" if allowed else ""
+        print(f"send wall:      {wall:.1f} s = {sent / wall:,.0f} texts/s{share}")
         print(f"plan CPU:       {1e3 * (t1 - t0) / n:.3f} ms per text")
         print(f"send CPU:       {1e3 * (t2 - t1) / n:.3f} ms per text")
         for name, cpu in sorted(by_thread.items(), key=lambda kv: -kv[1]):
