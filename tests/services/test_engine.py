@@ -406,9 +406,7 @@ def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine:
     finally:
         s.close()
     booked = 20 * RATE_MARGIN
-    # 0.5 s x 19/s, plus the claim's own lead (its round trip does not count as waiting for
-    # the sender's slots, ~0.12 s), give or take the edges
-    assert 6 <= result.sent <= 14
+    assert 6 <= result.sent <= 12  # 0.5 s x 19/s, give or take the edges
     rows = ledger_rows(engine)
     waiting = [r for r in rows if r["status"] == "pending"]
     assert len(waiting) == 30 - result.sent and {r["attempts"] for r in waiting} == {0}

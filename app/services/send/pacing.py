@@ -9,24 +9,20 @@ window at the provider holds the slots of at most (1 + LATE_TOLERANCE + transit)
 within the rate while that times RATE_MARGIN stays under 1, leaving ~30 ms for a request to
 reach the provider (bench/send_day.py checks it at the receiving end).
 
-A lane books a quarter second of its sender's slots at a time (one limiter call) and claims
-them a tenth of a second at a time (CLAIM_SPAN), each part shortly before its first slot (the
-claims' own recent round trip, CLAIM_AHEAD at least): a permit of SMS_CONCURRENCY for each text,
-then one claim for the part. The part then waits for its slots on its own while the lane claims
-the next, so no slot is left unused between parts. A permit is given back when its text's
-outcome is written: a process never holds more claimed rows than SMS_CONCURRENCY, so a crash
-leaves at most that many texts uncertain, and the time a permit is held (claim ahead, the wait
-for its slot, the request, the write) is what SMS_CONCURRENCY must cover at the process's rate.
-A claimed text that missed its slot (a busy process) books a fresh one for up to CLAIM_HOLD
-after its claim, then goes back unsent. What would wait more than ``max_rate_wait`` in all for
-the sender's slots goes back to the ledger for later; waiting for this process does not count.
+A lane books a quarter second of its sender's slots at a time; shortly before the first
+(the claims' own recent round trip, CLAIM_AHEAD at least) it takes a permit of SMS_CONCURRENCY
+for each of those texts and claims them in one go; each then leaves at its slot. A permit is
+given back when its text's outcome is written: a process never holds more claimed rows than
+SMS_CONCURRENCY, so a crash leaves at most that many texts uncertain. A claimed text that
+missed its slot (a busy process) takes one of the lane's next slots, for up to CLAIM_HOLD after
+its claim, then goes back unsent. What would wait more than ``max_rate_wait`` in all for the
+sender's slots goes back to the ledger for later; waiting for this process does not count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -43,8 +39,7 @@ log = logging.getLogger("app.engine")
 
 RATE_MARGIN = 0.95
 LATE_TOLERANCE = 0.02
-BOOK_AHEAD = 0.25  # seconds of a sender's slots booked at a time (one limiter call)
-CLAIM_SPAN = 0.1  # seconds of those slots claimed at a time, just ahead of the first
+BOOK_AHEAD = 0.25  # seconds of a sender's slots booked at a time
 CLAIM_AHEAD = 0.1  # a text is claimed this long before its slot (many in one statement)
 MAX_RATE_WAIT = 20.0
 UNPACED_CHUNK = 100  # texts claimed at once by a lane with no rate to keep
@@ -113,45 +108,32 @@ class Pacer:
     async def _lane(
         self, key: str, queue: deque[Text], started: set[asyncio.Task[None]], hooks: Hooks
     ) -> None:
-        going: set[asyncio.Task[None]] = set()  # claimed parts waiting for their slots
-        try:
-            await self._book(key, queue, going, started, hooks)
-        finally:
-            await _settle(going)
-
-    async def _book(
-        self,
-        key: str,
-        queue: deque[Text],
-        going: set[asyncio.Task[None]],
-        started: set[asyncio.Task[None]],
-        hooks: Hooks,
-    ) -> None:
         permits = self.permits
         loop = asyncio.get_running_loop()
         rate = queue[0].rate
         chunk = max(1, int(rate * BOOK_AHEAD))
         waited = 0.0  # for this sender's slots
-        pad = 0  # slots to book before the group's: those a claim cannot reach in time
-        while queue:
+        carried: deque[Claimed] = deque()  # claimed, their slots missed: the next ones
+        while queue or carried:
             how = hooks.admit()
             if how is Admit.WAIT:  # the provider is down for everyone
+                for c in carried:
+                    hooks.give_back(c)
                 until = hooks.defer_until()
                 for t in queue:
                     hooks.wait(t, until, DEFERRED)
                 return
             probe = how is Admit.PROBE
-            group: list[Text] = []
+            group: list[Text | Claimed] = []
             want = 0
-            while queue and not (group and (probe or want >= chunk)):
-                group.append(queue.popleft())
-                want += group[-1].segments
-            # A slot sooner than a claim can come back is left unused (below): this process's
-            # own round trip does not count against the wait for the sender's slots.
-            left = self.max_rate_wait - waited + self.claim_ahead()
+            while (carried or queue) and not (group and (probe or want >= chunk)):
+                item: Text | Claimed = carried.popleft() if carried else queue.popleft()
+                group.append(item)
+                want += _text(item).segments
+            left = self.max_rate_wait - waited
             try:
                 first, granted, spacing = (
-                    await self.limiter.reserve_async(key, rate, want + pad, left)
+                    await self.limiter.reserve_async(key, rate, want, left)
                     if left > 0
                     else (0.0, 0, 0.0)
                 )
@@ -160,121 +142,79 @@ class Pacer:
                 first, granted, spacing = 1.0, 0, 0.0
             if granted and not spacing:
                 chunk = UNPACED_CHUNK  # no rate to keep: claim many at once
-            pad = 0
             base = monotonic() + first
-            slotted: list[tuple[Text, float]] = []
+            slotted: list[tuple[Text | Claimed, float]] = []
             used = 0
-            if spacing:  # a slot sooner than a claim can come back is left unused
-                soonest = monotonic() + self.claim_ahead()
-                used = min(granted, max(0, math.ceil((soonest - base) / spacing)))
-            skipped = used
-            for t in group:
-                if used + t.segments > granted:
+            for item in group:
+                segments = _text(item).segments
+                if used + segments > granted:
                     break
-                slotted.append((t, base + used * spacing))
-                used += t.segments
-            queue.extendleft(reversed(group[len(slotted) :]))  # no slot this time: next round
+                slotted.append((item, base + used * spacing))
+                used += segments
+            for item in reversed(group[len(slotted) :]):  # no slot this time: next round
+                if isinstance(item, Claimed):
+                    carried.appendleft(item)
+                else:
+                    queue.appendleft(item)
             if not slotted:
                 if probe:
                     hooks.unprobe()
-                if skipped:
-                    # Book again. If these slots all came too soon, the next may too (an idle
-                    # timeline starts at "now"): book the ones a claim cannot reach with them.
-                    if base + granted * spacing < monotonic() + self.claim_ahead():
-                        pad = math.ceil(self.claim_ahead() / spacing) + 1
-                    continue
                 if granted:  # slots too few for the next text's segments: let them pass
                     end = base + granted * spacing - monotonic()
                     waited += max(end, 0.0)
                     await asyncio.sleep(max(end, 0.0))
                     continue
-                self._no_slot(key, queue, first, hooks)
+                self._no_slot(key, queue, carried, first, hooks)
                 return
-            for part in _parts(slotted):
-                pause = part[0][1] - self.claim_ahead() - monotonic()
+            pause = slotted[0][1] - self.claim_ahead() - monotonic()
+            if pause > 0:
+                waited += pause
+                await asyncio.sleep(pause)
+            ready, no_permit = await self._claim(slotted, permits, hooks)
+            queue.extendleft(reversed(no_permit))
+            went = False
+            for c, slot in ready:
+                pause = slot - monotonic()
                 if pause > 0:
                     waited += pause
                     await asyncio.sleep(pause)
-                ready, no_permit = await self._claim(part, permits, hooks)
-                queue.extendleft(reversed(no_permit))
-                if not ready:
-                    if probe:
-                        hooks.unprobe()
+                if spacing and monotonic() - slot > LATE_TOLERANCE:
+                    # Its slot passed while this process was busy: a later one, or back.
+                    if monotonic() - c.at < CLAIM_HOLD:
+                        carried.append(c)
+                    else:
+                        hooks.give_back(c)
                     continue
-                # The part waits for its slots on its own, so the lane claims the next part
-                # (and books the next slots) meanwhile: no slot is left unused between them.
-                timed = loop.create_task(
-                    self._at_slots(key, ready, bool(spacing), probe, started, hooks)
-                )
-                going.add(timed)
-                timed.add_done_callback(going.discard)
-
-    async def _at_slots(
-        self,
-        key: str,
-        ready: list[tuple[Claimed, float]],
-        paced: bool,
-        probe: bool,
-        started: set[asyncio.Task[None]],
-        hooks: Hooks,
-    ) -> None:
-        """Start each claimed text at its slot. One that missed it (a busy process) books a
-        fresh slot while its claim is younger than CLAIM_HOLD, else goes back unsent."""
-        loop = asyncio.get_running_loop()
-        went = False
-        for c, first_slot in ready:
-            slot: float | None = first_slot
-            while slot is not None:
-                pause = slot - monotonic()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                if not paced or monotonic() - slot <= LATE_TOLERANCE:
-                    break
-                slot = await self._rebook(key, c)
-            if slot is None:
-                hooks.give_back(c)
-                continue
-            went = True
-            task: asyncio.Task[None] = loop.create_task(hooks.start(c, probe))
-            started.add(task)
-            task.add_done_callback(started.discard)
-        if probe and not went:
-            hooks.unprobe()
-
-    async def _rebook(self, key: str, c: Claimed) -> float | None:
-        """A fresh slot for a claimed text that missed its own, if one comes in time."""
-        left = CLAIM_HOLD - (monotonic() - c.at)
-        if left <= 0:
-            return None
-        try:
-            first, granted, _ = await self.limiter.reserve_async(
-                key, c.text.rate, c.text.segments, left
-            )
-        except Exception as exc:  # noqa: BLE001 - not sent: it goes back to the ledger
-            log.warning("rate limiter failed for %s: %r", key, exc)
-            return None
-        return monotonic() + first if granted >= c.text.segments else None
+                went = True
+                task: asyncio.Task[None] = loop.create_task(hooks.start(c, probe))
+                started.add(task)
+                task.add_done_callback(started.discard)
+            if probe and not went:
+                hooks.unprobe()
 
     async def _claim(
         self,
-        slotted: list[tuple[Text, float]],
+        slotted: list[tuple[Text | Claimed, float]],
         permits: asyncio.Semaphore,
         hooks: Hooks,
     ) -> tuple[list[tuple[Claimed, float]], list[Text]]:
-        """A permit for each text, then one claim for them all: what may go, with its slot,
-        in slot order; and the texts that found no permit free (the lane's next round). A
-        lane waits for a permit only while it holds none for this part, and a claimed text
-        never waits on a lane, so lanes cannot starve each other of permits."""
+        """A permit for each text not yet claimed, then one claim for them all: what may go,
+        with its slot, in slot order; and the texts that found no permit free (the lane's
+        next round). A lane waits for a permit only while it holds none, so lanes cannot
+        starve each other of permits."""
         fresh: list[tuple[Text, float]] = []
         ready: list[tuple[Claimed, float]] = []
         no_permit: list[Text] = []
         now = self.clock()
         for item, slot in slotted:
+            if isinstance(item, Claimed):
+                ready.append((item, slot))
+                continue
             back = still_true(item, now)
             if back is not None:
                 hooks.wait(item, *back)
                 continue
-            if fresh and permits.locked():
+            if (fresh or ready) and permits.locked():
                 no_permit.append(item)  # never wait for a permit while holding one
                 continue
             await permits.acquire()
@@ -303,6 +243,7 @@ class Pacer:
         self,
         key: str,
         queue: deque[Text],
+        carried: deque[Claimed],
         first: float,
         hooks: Hooks,
     ) -> None:
@@ -310,6 +251,8 @@ class Pacer:
         return a second's worth at a time instead of all at once."""
         opens = self.clock() + timedelta(seconds=max(first, 1.0))
         log.info("rate limit of %s: %d texts wait from %s", key, len(queue), opens.isoformat())
+        for c in carried:
+            hooks.give_back(c)
         ahead = 0
         rate = queue[0].rate if queue else 1.0
         for t in queue:
@@ -317,21 +260,5 @@ class Pacer:
             ahead += t.segments
 
 
-def _parts(
-    slotted: list[tuple[Text, float]],
-) -> list[list[tuple[Text, float]]]:
-    """The booked slots in runs of CLAIM_SPAN: each is claimed just before its first slot, so
-    a claimed row waits at most that long for its own."""
-    parts: list[list[tuple[Text, float]]] = []
-    for item in slotted:
-        if parts and item[1] - parts[-1][0][1] < CLAIM_SPAN:
-            parts[-1].append(item)
-        else:
-            parts.append([item])
-    return parts
-
-
-async def _settle(going: set[asyncio.Task[None]]) -> None:
-    """Until every claimed chunk has started or handed back its texts."""
-    while going:
-        await asyncio.wait(set(going))
+def _text(item: Text | Claimed) -> Text:
+    return item.text if isinstance(item, Claimed) else item

@@ -24,7 +24,7 @@ from app.services.send.report import SendReport
 log = logging.getLogger("app.engine")
 
 FLUSH_ROWS = 100
-FLUSH_SECONDS = 0.02
+FLUSH_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
