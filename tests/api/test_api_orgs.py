@@ -9,7 +9,7 @@ from sqlalchemy import Engine, text
 
 from tests.api.conftest import key_for
 from tests.api.support import Api, problem
-from tests.cli.test_cli_template_bounds import ISSUE_CASES
+from tests.hostile_templates import ISSUE_CASES
 
 PARIS = {"slug": "paris", "name": "Paris Gym", "timezone": "Europe/Paris"}
 
