@@ -42,11 +42,13 @@ _register()
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point: one-line errors, meaningful exit codes."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    # Help and the version need no settings: they answer even when a setting is wrong.
+    asks_help = not args or any(a in ("-h", "--help", "--version") for a in args)
     try:
-        get_settings()  # a bad setting stops every command with the variable's name
-        code = cli.main(
-            args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False
-        )
+        if not asks_help:
+            get_settings()  # a bad setting stops every command with the variable's name
+        code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
         if isinstance(code, int) and code:
             return code  # a command's documented status (`reminders run`: 3 = some failed)
     except click.exceptions.Exit as exc:

@@ -170,3 +170,14 @@ def test_a_base_url_that_is_no_url_is_refused_by_every_command(
         f"error: {name}='api.twilio.com': expected an http:// or https:// URL like "
         "https://example.com, got 'api.twilio.com'"
     )
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("org", "add", "--help")])
+def test_help_and_the_version_answer_even_with_a_bad_setting(
+    cli: Cli, args: tuple[str, ...]
+) -> None:
+    """An operator reading the help to fix a setting is not refused by that setting."""
+    result = cli(*args, env={"LOG_LEVEL": "LOUD"})
+    assert result.code == 0, result.err
+    assert result.out.startswith(("Usage: reminders", "reminders "))
+    assert "LOG_LEVEL" in cli("status", env={"LOG_LEVEL": "LOUD"}).error  # the rest still refuse
