@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one-shot `secrets` service, first in every `up`: makes the stack's passwords so a first
 # start needs none by hand. Into the `secrets` volume (kept by `down`, gone with `down -v`):
-#   postgres_password  PostgreSQL's (POSTGRES_PASSWORD_FILE, read by its entrypoint as root)
-#   redis.conf         Redis's generated config (requirepass), owned by the redis user (999)
+#   postgres_password  PostgreSQL's (read as root when its container starts: docker-compose.yml)
+#   redis.conf         Redis's generated config (requirepass), read as root on stdin at its start
 #   redis_password     the app's REDIS_PASSWORD_FILE, and the Redis health check's
 #   database_url       the app's DATABASE_URL_FILE
 # Each password is generated once (secrets.token_urlsafe(32)) and kept; a POSTGRES_PASSWORD or
@@ -18,7 +18,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 APP_UID = 1000  # the app image's user
-REDIS_UID = 999  # the redis image's user
 
 root = Path(sys.argv[1])
 
@@ -53,7 +52,7 @@ user = os.environ.get("POSTGRES_USER") or "reminders"
 db = os.environ.get("POSTGRES_DB") or "reminders"
 write("postgres_password", pg, 0)
 write("redis_password", rd, APP_UID)
-write("redis.conf", f"requirepass {redis_quoted(rd)}\n", REDIS_UID)
+write("redis.conf", f"requirepass {redis_quoted(rd)}\n", 0)
 write(
     "database_url",
     f"postgresql://{quote(user, safe='')}:{quote(pg, safe='')}@postgres:5432/{quote(db, safe='')}",
