@@ -162,9 +162,8 @@ def list_opt_outs(
     return pages.page(found, limit, lambda o: o["phone_e164"])
 
 
-def _set(slug: str, phone: str, who: Any, engine: Any, *, opted_out: bool) -> dict[str, Any]:
+def _set(slug: str, phone: str, engine: Any, *, opted_out: bool) -> dict[str, Any]:
     with engine.begin() as conn:
-        visible_org(conn, who, slug)
         e164, changed = org_service.set_opt_out(
             conn, slug, phone, opted_out=opted_out, now=utcnow(), source="api"
         )
@@ -178,7 +177,7 @@ def _set(slug: str, phone: str, who: Any, engine: Any, *, opted_out: bool) -> di
     responses=responses(401, 404, 422),
 )
 def add_opt_out(slug: str, body: OptOutIn, who: CallerDep, engine: EngineDep) -> Any:
-    return _set(slug, body.phone, who, engine, opted_out=True)
+    return _set(slug, body.phone, engine, opted_out=True)
 
 
 @router.delete(
@@ -188,4 +187,4 @@ def add_opt_out(slug: str, body: OptOutIn, who: CallerDep, engine: EngineDep) ->
     responses=responses(401, 404, 422),
 )
 def remove_opt_out(slug: str, phone: str, who: CallerDep, engine: EngineDep) -> Any:
-    return _set(slug, phone, who, engine, opted_out=False)
+    return _set(slug, phone, engine, opted_out=False)

@@ -125,6 +125,5 @@ def update_org(slug: str, body: OrgPatch, who: CallerDep, engine: EngineDep, s: 
     if "lead_days" in changes:
         changes["lead_days"] = _leads(body.lead_days)
     with engine.begin() as conn:
-        visible_org(conn, who, slug)
         org = org_service.patch_org(conn, slug, changes, settings=s)
     return org_service.org_dict(org)
