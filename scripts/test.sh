@@ -23,4 +23,6 @@ if [ $# -eq 0 ]; then
   PATH="$PWD/.venv/bin:$PATH" scripts/check_containers.sh
 fi
 echo "== pytest"
-exec .venv/bin/pytest -p no:cacheprovider "$@"
+# Two xdist workers: the worker and container tests in one (see tests/conftest.py), the rest
+# beside them. PYTEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/pytest -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -26,6 +26,19 @@ PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
+# Tests that start real worker processes or containers run one after another on one xdist
+# worker (their timing checks assume they have the machine's workers to themselves), while
+# the rest of the suite runs beside them on the other.
+_SERIAL_DIRS = ("tasks", "docker")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name in _SERIAL_DIRS:
+            item.add_marker(pytest.mark.xdist_group("workers"))
+
+
 def _pg_url(dbname: str) -> str:
     base = PG_ADMIN.rsplit("/", 1)[0]
     return f"{base}/{dbname}".replace("postgresql://", "postgresql+psycopg://", 1)
