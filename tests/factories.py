@@ -20,7 +20,8 @@ from app.services.sender import Sender
 from app.settings import Settings
 
 TABLES = (
-    "api_runs, api_keys, test_messages, reminders, daily_runs, opt_outs, templates, "
+    "early_receipts, undeliverable_numbers, api_runs, api_keys, test_messages, reminders, "
+    "daily_runs, opt_outs, templates, "
     "subscriptions, customers, organizations"
 )
 

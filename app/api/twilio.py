@@ -6,6 +6,7 @@ nothing; what a callback changes is decided in ``app.webhook.receipts``.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated
 from urllib.parse import parse_qs
@@ -30,27 +31,60 @@ Signature = Annotated[
     str | None,
     Header(
         alias="X-Twilio-Signature",
-        description="HMAC-SHA1 with the auth token over WEBHOOK_BASE_URL + path and the form",
+        description="HMAC-SHA1 with the auth token over WEBHOOK_BASE_URL + path and the form "
+        "(a JSON body: over the URL with its bodySHA256 query)",
     ),
 ]
 
 
+def _refused(path: str) -> Problem:
+    log.warning("rejected %s with a missing or wrong X-Twilio-Signature", path)
+    return Problem(403, "X-Twilio-Signature: missing or invalid")
+
+
 async def _signed_form(request: Request, path: str, signature: str | None) -> Form:
-    raw = (await request.body()).decode("utf-8", errors="replace")
-    form = Form(parse_qs(raw, keep_blank_values=True))
+    """The callback's fields, once its signature holds: a form post, or (status callbacks) a
+    JSON object signed through ``bodySHA256``, its members taken as the form's fields."""
+    body = await request.body()
     signatures: Signatures = request.app.state.signatures
     signature = request.headers.get("x-twilio-signature", "")
-    if not signatures.valid(path=path, query=request.url.query, form=form, signature=signature):
-        log.warning("rejected %s with a missing or wrong X-Twilio-Signature", path)
-        raise Problem(403, "X-Twilio-Signature: missing or invalid")
+    query = request.url.query
+    if _is_json(request):
+        if not signatures.valid_body(path=path, query=query, body=body, signature=signature):
+            raise _refused(path)
+        return _json_fields(body)
+    form = Form(parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+    if not signatures.valid(path=path, query=query, form=form, signature=signature):
+        raise _refused(path)
     return form
+
+
+def _is_json(request: Request) -> bool:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def _json_fields(body: bytes) -> Form:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise Problem(400, "body: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise Problem(400, "body: a JSON object expected")
+    return Form(
+        {
+            str(k): [v if isinstance(v, str) else json.dumps(v)]
+            for k, v in data.items()
+            if v is not None
+        }
+    )
 
 
 @router.post(
     STATUS_CALLBACK_PATH,
     status_code=204,
     response_class=Response,
-    summary="Twilio's status callback (signed form post)",
+    summary="Twilio's status callback (signed form post, or JSON signed through bodySHA256)",
     responses=responses(400, 403, 413),
 )
 async def twilio_status(request: Request, signature: Signature = None) -> Response:
@@ -66,6 +100,7 @@ async def twilio_status(request: Request, signature: Signature = None) -> Respon
         status=status.lower(),
         error_code=form.one("ErrorCode") or None,
         now=utcnow(),
+        to=form.one("To") or None,
     )
     return Response(status_code=204)
 

@@ -223,10 +223,14 @@ def status_cmd(on_date: date | None, as_json: bool) -> None:
         echo_json(counts)
         return
     held = runner.held_until(engine())
+    marked = runner.undeliverable_counts(engine())
     for slug, by_status in counts.items():
         line = ", ".join(f"{s} {by_status[s]}" for s in STATUSES if s in by_status)
         if slug in held:
             line += f"; held for the window until {held[slug]:%Y-%m-%d %H:%M} UTC"
+        if marked.get(slug):
+            n = marked[slug]
+            line += f"; {n} number{'s' if n != 1 else ''} undeliverable (reminders number clear)"
         click.echo(f"{slug:<16} {line or 'no reminders'}")
     for account, since in sorted(runner.open_circuits(engine()).items()):
         click.echo(
@@ -269,4 +273,19 @@ def messages_cmd(
         )
 
 
-COMMANDS = [run_cmd, status_cmd, messages_cmd]
+@click.group("number")
+def number_group() -> None:
+    """Numbers the provider said cannot take texts (30005, 30006, 21614)."""
+
+
+@number_group.command("clear")
+@click.argument("phone")
+@click.option("--org", "slug", required=True, help="The organization's slug.")
+def number_clear_cmd(phone: str, slug: str) -> None:
+    """Text PHONE again: lift its undeliverable mark for the organization."""
+    with engine().begin() as conn:
+        e164, was = org_service.clear_undeliverable(conn, slug, phone)
+    click.echo(f"{e164}: {'texted again' if was else 'was not marked undeliverable'} for {slug}")
+
+
+COMMANDS = [run_cmd, status_cmd, messages_cmd, number_group]

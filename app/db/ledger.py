@@ -11,8 +11,10 @@ A row's life: ``pending`` → (claim) ``sending`` → ``sent`` | ``failed`` | ``
 back to ``pending`` (a retry, or a text that was claimed but not tried); ``pending`` →
 ``skipped`` when the rules say it must not go; ``pending`` → ``failed`` when its template
 went past a bound; ``unknown`` → ``sent`` | ``pending`` by
-reconciliation. The outcomes of an attempt are typed values (``Sent``, ``Retry`` …): which
-columns each writes is in its type.
+reconciliation; ``sent`` → ``pending`` when the provider's queue dropped it (30036);
+``skipped`` (undeliverable) → ``pending`` when the customer's number changes that day. The
+outcomes of an attempt are typed values (``Sent``, ``Retry`` …): which columns each writes is
+in its type.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
+from app.db import early_receipts
 from app.db.models import (
     Customer,
     OptOut,
@@ -35,7 +38,11 @@ from app.db.models import (
     ProviderCircuit,
     Reminder,
     Subscription,
+    UndeliverableNumber,
 )
+from app.db.undeliverable import REASON as UNDELIVERABLE
+from app.db.undeliverable import mark_of_message
+from app.domain import delivery, planning
 from app.domain.status import MAY_HAVE_SENT, Status
 
 PENDING, SENDING, SENT = Status.PENDING, Status.SENDING, Status.SENT
@@ -117,32 +124,47 @@ def count_due(
     return int(conn.execute(stmt).scalar_one())
 
 
-def requeue_expired(
-    conn: Connection, row_id: int, *, message_sid: str, until: datetime, now: datetime
-) -> bool:
-    """A text the provider dropped from its queue unsent (Twilio's 30036: its validity period,
-    the window's close, passed) waits for the next opening instead of counting as sent."""
-    result = conn.execute(
-        update(Reminder)
-        .where(
-            Reminder.id == row_id,
-            Reminder.status == SENT,
-            Reminder.provider_message_id == message_sid,
+def requeue_expired(conn: Connection, sids: Sequence[str], *, now: datetime) -> int:
+    """Texts the provider dropped from its queue unsent (Twilio's 30036: their validity period,
+    the window's close, passed) wait for their organization's next opening instead of counting
+    as sent."""
+    if not sids:
+        return 0
+    found = conn.execute(
+        select(
+            Reminder.id,
+            Reminder.provider_message_id,
+            Organization.timezone,
+            Organization.window_start,
+            Organization.window_end,
         )
-        .values(
-            status=PENDING,
-            reason=HELD,
-            next_attempt_at=until,
-            provider_message_id=None,
-            delivery_status=None,
-            sent_at=None,
-            error_code="30036",
-            error_message="expired in the provider's queue before the window closed; "
-            "sent again when it opens",
-            updated_at=now,
+        .join(Organization, Organization.id == Reminder.org_id)
+        .where(Reminder.provider_message_id.in_(list(sids)), Reminder.status == SENT)
+    ).all()
+    moved = 0
+    for row_id, sid, tz, start, end in found:
+        result = conn.execute(
+            update(Reminder)
+            .where(
+                Reminder.id == row_id,
+                Reminder.status == SENT,
+                Reminder.provider_message_id == sid,
+            )
+            .values(
+                status=PENDING,
+                reason=HELD,
+                next_attempt_at=planning.next_window_open(now, tz, (start, end)),
+                provider_message_id=None,
+                delivery_status=None,
+                sent_at=None,
+                error_code=delivery.EXPIRED_IN_QUEUE,
+                error_message="expired in the provider's queue before the window closed; "
+                "sent again when it opens",
+                updated_at=now,
+            )
         )
-    )
-    return bool(result.rowcount)
+        moved += result.rowcount or 0
+    return moved
 
 
 # --- pending rows: wait, skip, take their true lead --------------------------------------
@@ -512,7 +534,8 @@ def _params(o: Outcome, now: datetime) -> dict[str, Any]:
 
 def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> dict[type, int]:
     """Write outcomes, one statement per kind; returns how many rows each kind moved (an
-    outcome whose row is no longer in that attempt moves nothing: someone settled it first)."""
+    outcome whose row is no longer in that attempt moves nothing: someone settled it first).
+    The texts sent take the status callbacks that came before their message ids."""
     by_kind: dict[type, list[Outcome]] = {}
     for o in outcomes:
         by_kind.setdefault(type(o), []).append(o)
@@ -532,6 +555,8 @@ def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> d
         else:
             params_list = [_params(o, now) for o in group]
             moved[kind] = conn.execute(_OUTCOME_SQL[kind], params_list).rowcount or 0
+        if kind is Sent:
+            apply_early_receipts(conn, [cast(Sent, o).message_id for o in group], now=now)
     return moved
 
 
@@ -575,6 +600,7 @@ class TextRow:
     phone_e164: str | None
     opted_out: bool
     nearest_sent: int | None  # fewest days left of this expiry's other texts that may be out
+    undeliverable: bool  # the provider said this number cannot take texts
 
 
 def load_pending(conn: Connection, ids: Sequence[int]) -> list[TextRow]:
@@ -585,6 +611,14 @@ def load_pending(conn: Connection, ids: Sequence[int]) -> list[TextRow]:
     opted = (
         select(OptOut.id)
         .where(OptOut.org_id == Reminder.org_id, OptOut.phone_e164 == Customer.phone_e164)
+        .exists()
+    )
+    marked = (
+        select(UndeliverableNumber.id)
+        .where(
+            UndeliverableNumber.org_id == Reminder.org_id,
+            UndeliverableNumber.phone_e164 == Customer.phone_e164,
+        )
         .exists()
     )
     other = aliased(Reminder)
@@ -622,6 +656,7 @@ def load_pending(conn: Connection, ids: Sequence[int]) -> list[TextRow]:
             Customer.phone_e164,
             opted,
             nearest_sent,
+            marked,
         )
         .join(Subscription, Subscription.id == Reminder.subscription_id)
         .join(Customer, Customer.id == Reminder.customer_id)
@@ -723,7 +758,10 @@ def settle_unknown(
         .where(Reminder.id == row_id, Reminder.status == status, same_attempt)
         .values(**values)
     )
-    return (result.rowcount or 0) == 1
+    settled = (result.rowcount or 0) == 1
+    if settled and found is not None:
+        apply_early_receipts(conn, [found[0]], now=now)
+    return settled
 
 
 def record_delivery(
@@ -749,6 +787,91 @@ def record_delivery(
         .values(**values)
     )
     return (result.rowcount or 0) > 0
+
+
+@dataclass(frozen=True)
+class DeliveryMove:
+    """A row's delivery status and error code after receipts kept for its message id."""
+
+    row_id: int
+    status: str
+    error_code: str | None
+
+
+def record_deliveries(conn: Connection, moves: Sequence[DeliveryMove], *, now: datetime) -> int:
+    """Delivery receipts folded for rows the caller holds (their message id just recorded in
+    this transaction): one statement for the batch."""
+    if not moves:
+        return 0
+    result = conn.execute(
+        update(Reminder)
+        .where(Reminder.id == bindparam("b_row_id"))
+        .values(
+            delivery_status=bindparam("b_status"),
+            error_code=bindparam("b_error_code"),
+            updated_at=now,
+        ),
+        [{"b_row_id": m.row_id, "b_status": m.status, "b_error_code": m.error_code} for m in moves],
+    )
+    return result.rowcount or 0
+
+
+def apply_early_receipts(conn: Connection, sids: Sequence[str], *, now: datetime) -> int:
+    """Status callbacks that came before these message ids (just recorded on their rows in
+    this transaction) applied as if they had come after: the same rank rule, 30036 requeues,
+    30005/30006 mark the number. Returns how many rows they moved."""
+    early_receipts.lock(conn, sids)
+    taken = early_receipts.take(conn, sids)
+    if not taken:
+        return 0
+    by_row: dict[int, list[early_receipts.Taken]] = {}
+    for t in taken:
+        by_row.setdefault(t.row_id, []).append(t)
+    current = dict(
+        (rid, (ds, code))
+        for rid, ds, code in conn.execute(
+            select(Reminder.id, Reminder.delivery_status, Reminder.error_code).where(
+                Reminder.id.in_(list(by_row))
+            )
+        )
+    )
+    moves: list[DeliveryMove] = []
+    expired: list[str] = []
+    for row_id, kept in by_row.items():
+        ds, code = current.get(row_id, (None, None))
+        verdict = delivery.fold(ds, code, [t.receipt for t in kept])
+        if isinstance(verdict, delivery.Expired):
+            expired.append(kept[0].sid)
+        elif verdict is not None:
+            moves.append(DeliveryMove(row_id, verdict.status, verdict.error_code))
+        for t in kept:
+            if t.receipt.error_code in delivery.UNDELIVERABLE_CODES:
+                mark_of_message(
+                    conn, sid=t.sid, phone_e164=t.phone_e164, code=t.receipt.error_code, now=now
+                )
+    return record_deliveries(conn, moves, now=now) + requeue_expired(conn, expired, now=now)
+
+
+def unskip_undeliverable(
+    conn: Connection, customer_ids: Iterable[int], *, local_date: date, now: datetime
+) -> int:
+    """Customers whose number just changed: their texts of ``local_date`` (their
+    organization's today) skipped for the old number being undeliverable are due again. The
+    sender re-checks each (the new number may be marked too, the day's lead may have gone)."""
+    ids = list(customer_ids)
+    if not ids:
+        return 0
+    result = conn.execute(
+        update(Reminder)
+        .where(
+            Reminder.customer_id.in_(ids),
+            Reminder.status == SKIPPED,
+            Reminder.reason == UNDELIVERABLE,
+            Reminder.local_date == local_date,
+        )
+        .values(status=PENDING, reason=None, next_attempt_at=now, updated_at=now)
+    )
+    return result.rowcount or 0
 
 
 def save_circuit(

@@ -281,3 +281,37 @@ class ApiRun(Base):
     org_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     local_date: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EarlyReceipt(Base):
+    """A status callback whose message id no ledger row has yet: Twilio may call back before
+    the answer to the send is recorded. Applied (and deleted) when the id lands on its row;
+    what is never matched is purged after ``early_receipts.KEEP``."""
+
+    __tablename__ = "early_receipts"
+    __table_args__ = (
+        UniqueConstraint("sid", "status", name="uq_early_receipts_sid_status"),
+        Index("ix_early_receipts_received", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)  # the order they arrived in
+    sid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    phone_e164: Mapped[str | None] = mapped_column(String(20))  # the callback's To
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class UndeliverableNumber(Base):
+    """A number the provider said cannot take texts (Twilio 30005, 30006 on a callback; 21614 at
+    send): its organization's later texts to it are skipped ``undeliverable``. Keyed by the
+    number, so a customer whose number is changed is texted again."""
+
+    __tablename__ = "undeliverable_numbers"
+    __table_args__ = (UniqueConstraint("org_id", "phone_e164", name="uq_undeliverable_org_phone"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    phone_e164: Mapped[str] = mapped_column(String(20))
+    error_code: Mapped[str] = mapped_column(String(32))
+    since: Mapped[datetime] = mapped_column(UTCDateTime())

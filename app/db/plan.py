@@ -82,7 +82,7 @@ class Candidate:
     days_left: int
     phone: str | None
     sender: str | None
-    skip_reason: str | None  # invalid_phone | opted_out | None
+    skip_reason: str | None  # invalid_phone | opted_out | undeliverable | None
     customer_name: str
     plan: str
     amount: Decimal | None
@@ -118,7 +118,9 @@ WITH m(days_left, lead_days, expires_on) AS (VALUES {values})
 SELECT s.id, s.org_id, s.customer_id, s.expires_on, {int_.format("m.lead_days")},
        {int_.format("m.days_left")}, COALESCE(c.phone_e164, c.phone), o.sender,
        CASE WHEN c.phone_e164 IS NULL THEN 'invalid_phone'
-            WHEN oo.id IS NOT NULL THEN 'opted_out' END,
+            WHEN oo.id IS NOT NULL THEN 'opted_out'
+            WHEN EXISTS (SELECT 1 FROM undeliverable_numbers un WHERE un.org_id = s.org_id
+                         AND un.phone_e164 = c.phone_e164) THEN 'undeliverable' END,
        c.name, s.plan, s.amount, s.currency, {date_.format(":local_date")},
        row_number() OVER (PARTITION BY s.org_id ORDER BY s.id, m.lead_days)
 FROM m

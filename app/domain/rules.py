@@ -50,6 +50,8 @@ class RowFacts:
     opted_out: bool
     # The fewest days left among the other texts for this expiry that may have been sent.
     nearest_sent: int | None
+    # The provider said the number cannot take texts (app.db.undeliverable).
+    undeliverable: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,9 @@ class Skip:
 def decide(facts: RowFacts, *, today: date, leads: Iterable[int]) -> Send | Skip:
     """Send this row now, with which count and lead; or skip it, and why (R2, R3, R5).
 
-    Only a cancellation, a renewal, an invalid number, an opt-out, the expiry or a nearer text
-    already sent stop a text; a held or retried one whose lead day has passed goes with the
-    true count instead of being dropped.
+    Only a cancellation, a renewal, an invalid number, an opt-out, a number the provider said
+    is undeliverable, the expiry or a nearer text already sent stop a text; a held or retried
+    one whose lead day has passed goes with the true count instead of being dropped.
     """
     if not facts.sub_active:
         return Skip("cancelled")
@@ -78,6 +80,8 @@ def decide(facts: RowFacts, *, today: date, leads: Iterable[int]) -> Send | Skip
         return Skip("invalid_phone")
     if facts.opted_out:
         return Skip("opted_out")
+    if facts.undeliverable:
+        return Skip("undeliverable")
     days_left = (facts.expires_on - today).days
     if days_left < 0:
         return Skip("expired")

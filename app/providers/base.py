@@ -36,10 +36,19 @@ class TransientError(ProviderError):
 class PermanentError(ProviderError):
     """Never retried: the number is invalid, unreachable, unsubscribed, or the request is wrong."""
 
-    def __init__(self, message: str, *, code: str | None = None, opted_out: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        opted_out: bool = False,
+        undeliverable: bool = False,
+    ) -> None:
         super().__init__(message, code=code)
         # The recipient told the provider to stop: no later day may try again.
         self.opted_out = opted_out
+        # The number cannot take texts (a landline): later texts to it are skipped.
+        self.undeliverable = undeliverable
 
 
 class UnknownOutcomeError(ProviderError):

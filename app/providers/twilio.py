@@ -57,6 +57,7 @@ PERMANENT_CODES = {
     "21614": "'To' is not a mobile number",
 }
 OPTED_OUT_CODE = "21610"
+NOT_MOBILE_CODE = "21614"
 RATE_LIMITED_CODE = "20429"
 
 # Reasons urllib3 gives when the connection never carried the request: safe to retry.
@@ -325,7 +326,12 @@ def classify_error(exc: BaseException, *, retry_after: float | None = None) -> P
         if status >= 500:
             return TransientError(text, code=code or str(status), retry_after=retry_after)
         if 400 <= status < 500:
-            return PermanentError(text, code=code or str(status), opted_out=code == OPTED_OUT_CODE)
+            return PermanentError(
+                text,
+                code=code or str(status),
+                opted_out=code == OPTED_OUT_CODE,
+                undeliverable=code == NOT_MOBILE_CODE,
+            )
         return UnknownOutcomeError(text, code=code or str(status))
     if isinstance(exc, requests.ConnectTimeout | aiohttp.ConnectionTimeoutError):
         return TransientError("Twilio connect timeout: request not sent", retry_after=retry_after)

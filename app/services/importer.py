@@ -18,7 +18,9 @@ from typing import Any, TextIO
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app.db.models import Customer, Subscription
+from app.db import ledger
+from app.db.models import Customer, Organization, Subscription
+from app.domain import planning
 from app.domain.phones import InvalidPhone, normalize_phone
 from app.errors import ValidationError
 from app.services.orgs import get_org
@@ -284,14 +286,19 @@ def _store(conn: Connection, org_id: int, rows: list[_Row]) -> None:
             "phone_e164": r.phone_e164,
             "phone_error": r.phone_error,
         }
-    _upsert(conn, Customer.__table__, list(customers.values()), ["org_id", "external_id"])
-    ids = dict(
-        conn.execute(
-            select(Customer.external_id, Customer.id).where(
-                Customer.org_id == org_id, Customer.external_id.in_(list(customers))
-            )
-        ).all()
+    of_customers = select(Customer.external_id, Customer.id, Customer.phone_e164).where(
+        Customer.org_id == org_id, Customer.external_id.in_(list(customers))
     )
+    before = {ext: phone for ext, _, phone in conn.execute(of_customers)}
+    _upsert(conn, Customer.__table__, list(customers.values()), ["org_id", "external_id"])
+    ids = {ext: cid for ext, cid, _ in conn.execute(of_customers)}
+    renumbered = [
+        ids[ext]
+        for ext, c in customers.items()
+        if ext in before and c["phone_e164"] is not None and before[ext] != c["phone_e164"]
+    ]
+    if renumbered:
+        _renumbered(conn, org_id, renumbered)
     _upsert(
         conn,
         Subscription.__table__,
@@ -309,6 +316,16 @@ def _store(conn: Connection, org_id: int, rows: list[_Row]) -> None:
             for r in rows
         ],
         ["org_id", "external_id"],
+    )
+
+
+def _renumbered(conn: Connection, org_id: int, customer_ids: list[int]) -> None:
+    """A changed number is not the one the provider refused: today's texts skipped for that
+    are due again (the sender re-checks them against the new number)."""
+    now = planning.utcnow()
+    tz = conn.execute(select(Organization.timezone).where(Organization.id == org_id)).scalar_one()
+    ledger.unskip_undeliverable(
+        conn, customer_ids, local_date=planning.local_date(now, tz), now=now
     )
 
 

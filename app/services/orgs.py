@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from app.db import ledger
+from app.db import ledger, undeliverable
 from app.db.models import DEFAULT_TEMPLATE_LEAD, OptOut, Organization, Template
 from app.domain import planning
 from app.domain.countries import check_country, zone_country
@@ -317,6 +317,17 @@ def preview(
         budget_ms=settings.template_render_budget_ms,
     )
     return sample, origin
+
+
+def clear_undeliverable(conn: Connection, slug: str, phone: str) -> tuple[str, bool]:
+    """Lift a number's undeliverable mark (the operator knows it takes texts now). Returns the
+    normalized number and whether it was marked."""
+    org = get_org(conn, slug)
+    try:
+        e164 = normalize_phone(phone, org.country)
+    except InvalidPhone as exc:
+        raise ValidationError(str(exc)) from None
+    return e164, undeliverable.clear(conn, org_id=org.id, phone_e164=e164)
 
 
 def set_opt_out(

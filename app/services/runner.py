@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from app.db import ledger
+from app.db import ledger, undeliverable
 from app.db.models import Customer, Organization, Reminder, Subscription
 from app.domain import planning, rules
 from app.errors import NotFoundError
@@ -294,6 +294,13 @@ def open_circuits(engine: Engine) -> dict[str, datetime]:
     since when."""
     with engine.connect() as conn:
         return ledger.open_circuits(conn)
+
+
+def undeliverable_counts(engine: Engine) -> dict[str, int]:
+    """Numbers marked undeliverable, per organization slug."""
+    with engine.connect() as conn:
+        slugs = dict(conn.execute(select(Organization.id, Organization.slug)).all())
+        return {slugs[o]: n for o, n in undeliverable.counts(conn).items() if o in slugs}
 
 
 def status_counts(engine: Engine, *, on_date: date | None = None) -> dict[str, dict[str, int]]:

@@ -19,7 +19,7 @@ from celery import Celery, bootsteps
 from sqlalchemy import Connection, Engine
 
 from app.config import celery_config
-from app.db import ledger
+from app.db import early_receipts, ledger
 from app.domain.planning import utcnow
 from app.errors import ConfigError
 from app.providers import check_provider_settings
@@ -306,7 +306,8 @@ def sweep() -> dict[str, int]:
 
     Rows left in ``sending`` by a dead worker become ``unknown`` (settled by reconciliation),
     or ``pending`` when the provider cannot be asked; due ``pending`` rows with no message in
-    the broker are enqueued; days whose start was lost are started again; finished days logged.
+    the broker are enqueued; days whose start was lost are started again; finished days logged;
+    status callbacks kept for a message id that never came are purged after a week.
     """
     rt = runtime.current()
     settings = rt.settings
@@ -321,6 +322,13 @@ def sweep() -> dict[str, int]:
         )
         restarts = dispatch.restart_stalled_days(conn, now=now, lease_seconds=lease)
         finished = dispatch.finish_days(conn, now=now)
+        purged = early_receipts.purge(conn, now=now)
+    if purged:
+        log.info(
+            "sweep: %d status callbacks no message of ours matched in %d days; purged",
+            purged,
+            early_receipts.KEEP.days,
+        )
     if released:
         log.warning("sweep: %d texts left in sending by a dead worker; released", released)
     for start in restarts:

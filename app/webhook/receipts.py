@@ -11,32 +11,13 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Engine, delete, or_, select
 
-from app.db import ledger
-from app.db.models import OptOut, Organization, Reminder
-from app.domain import planning
+from app.db import early_receipts, ledger, undeliverable
+from app.db.models import OptOut, Organization
+from app.domain import delivery
 from app.domain.phones import mask_phone
 from app.settings import Settings
 
 log = logging.getLogger("app.webhook")
-
-#: How far along a message is. A callback only moves a row to a higher rank, so a late or
-#: repeated callback (Twilio sends them concurrently and out of order) never moves it back.
-DELIVERY_RANK = {
-    "accepted": 0,
-    "scheduled": 0,
-    "queued": 1,
-    "sending": 2,
-    "sent": 3,
-    "delivered": 4,
-    "undelivered": 4,
-    "failed": 4,
-    "canceled": 4,
-    "partially_delivered": 4,
-    "read": 5,
-}
-
-# Twilio's "message expired": its validity period passed while it waited in Twilio's queue.
-EXPIRED_IN_QUEUE = "30036"
 
 OPT_OUT_KEYWORDS = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
@@ -48,58 +29,69 @@ _CUSTOMER_SOURCES = ("inbound", "provider")
 
 
 def record_delivery(
-    engine: Engine, *, message_sid: str, status: str, error_code: str | None, now: datetime
+    engine: Engine,
+    *,
+    message_sid: str,
+    status: str,
+    error_code: str | None,
+    now: datetime,
+    to: str | None = None,
 ) -> bool:
-    """Store a status callback on the ledger row with that SID; False if nothing moved."""
-    if status == "failed" and error_code == EXPIRED_IN_QUEUE:
-        return _requeue_expired(engine, message_sid=message_sid, now=now)
-    rank = DELIVERY_RANK.get(status)
-    if rank is None:
+    """Store a status callback on the ledger row with that SID; False if nothing moved.
+
+    A callback for a SID no row has yet (Twilio can call back before the answer to the send is
+    recorded) is kept and applied when the SID lands (``ledger.apply_early_receipts``).
+    30005/30006 mark the number undeliverable for the row's organization.
+    """
+    lower = delivery.lower_than(status)
+    if lower is None:
+        log.info("delivery %s for %s: not a status we know; ignored", status, message_sid)
         return False
-    lower = [name for name, r in DELIVERY_RANK.items() if r < rank]
+    expired = delivery.expired_in_queue(status, error_code)
     with engine.begin() as conn:
-        moved = ledger.record_delivery(
-            conn,
-            message_sid=message_sid,
-            status=status,
-            lower=lower,
-            error_code=error_code,
-            now=now,
+        early_receipts.lock(conn, [message_sid])
+        if expired:
+            moved = ledger.requeue_expired(conn, [message_sid], now=now) > 0
+        else:
+            moved = ledger.record_delivery(
+                conn,
+                message_sid=message_sid,
+                status=status,
+                lower=lower,
+                error_code=error_code,
+                now=now,
+            )
+        marked = error_code in delivery.UNDELIVERABLE_CODES and undeliverable.mark_of_message(
+            conn, sid=message_sid, phone_e164=to, code=error_code or "", now=now
         )
-    log.info(
-        "delivery %s for %s%s%s",
+        kept = (
+            not moved
+            and not early_receipts.known(conn, message_sid)
+            and early_receipts.keep(
+                conn,
+                sid=message_sid,
+                status=status,
+                error_code=error_code,
+                phone_e164=to,
+                now=now,
+            )
+        )
+    if kept:
+        note = " (kept: no row has this SID yet)"
+    elif moved:
+        note = ""
+    elif expired:
+        note = " (no change: unknown SID or not sent)"
+    else:
+        note = " (no change: not newer, or already kept)"
+    log.log(
+        logging.WARNING if expired else logging.INFO,
+        "delivery %s for %s%s%s%s",
         status,
         message_sid,
         f" code={error_code}" if error_code else "",
-        "" if moved else " (no change: unknown SID or not newer)",
-    )
-    return moved
-
-
-def _requeue_expired(engine: Engine, *, message_sid: str, now: datetime) -> bool:
-    with engine.begin() as conn:
-        found = conn.execute(
-            select(
-                Reminder.id,
-                Organization.timezone,
-                Organization.window_start,
-                Organization.window_end,
-            )
-            .join(Organization, Organization.id == Reminder.org_id)
-            .where(Reminder.provider_message_id == message_sid)
-        ).first()
-        if found is None:
-            moved = False
-        else:
-            row_id, tz, start, end = found
-            until = planning.next_window_open(now, tz, (start, end))
-            moved = ledger.requeue_expired(
-                conn, row_id, message_sid=message_sid, until=until, now=now
-            )
-    log.warning(
-        "text %s expired in Twilio's queue (30036)%s",
-        message_sid,
-        ": it waits for the next opening" if moved else " (no change: unknown SID or not sent)",
+        ": number marked undeliverable" if marked else "",
+        note,
     )
     return moved
 

@@ -2,9 +2,14 @@
 
 Every callback must carry a valid signature computed with the auth token over
 ``WEBHOOK_BASE_URL`` + the request path (and query) and the form fields, or it changes nothing.
+A callback with a JSON body is signed Twilio's other way: its URL carries
+``bodySHA256=<hex SHA-256 of the body>`` and the signature covers that full URL and no fields;
+both the hash and the signature must hold.
 """
 
 from __future__ import annotations
+
+from urllib.parse import parse_qs
 
 from twilio.request_validator import RequestValidator
 
@@ -59,3 +64,17 @@ class Signatures:
             return False
         url = self.base_url + path + (f"?{query}" if query else "")
         return bool(self.validator.validate(url, form, signature))
+
+    def valid_body(self, *, path: str, query: str, body: bytes, signature: str) -> bool:
+        """A JSON callback: ``bodySHA256`` in the query matches the body, and the signature
+        the URL with it. Without ``bodySHA256`` nothing vouches for the body: refused."""
+        if not signature or self.validator is None:
+            return False
+        if len(parse_qs(query).get("bodySHA256", [])) != 1:
+            return False
+        try:
+            text = body.decode("utf-8")  # the hash is over these very bytes
+        except UnicodeDecodeError:
+            return False
+        url = self.base_url + path + f"?{query}"
+        return bool(self.validator.validate(url, text, signature))

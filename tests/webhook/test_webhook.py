@@ -3,6 +3,7 @@ signatures from the twilio package's validator."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ import requests
 from sqlalchemy import Engine, select
 from twilio.request_validator import RequestValidator
 
-from app.db.models import OptOut
+from app.db.models import EarlyReceipt, OptOut, UndeliverableNumber
 from app.domain import planning
 from app.errors import ConfigError
 from app.settings import Settings
@@ -63,6 +64,28 @@ class Client:
         if code:
             form["ErrorCode"] = code
         return self.post("/twilio/status", form)
+
+    def post_json(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        body_hash: str | None = None,
+        signed_url: str | None = None,
+        extra_query: str = "",
+    ) -> requests.Response:
+        """A JSON callback signed Twilio's way: ``bodySHA256`` in the URL, the signature over
+        that full URL and no fields (``signed_url`` signs another URL instead)."""
+        digest = self.validator.compute_hash(body.decode()) if body_hash is None else body_hash
+        query = f"bodySHA256={digest}" + (f"&{extra_query}" if extra_query else "")
+        public = PUBLIC + path + f"?{query}"
+        sig = self.validator.compute_signature(signed_url or public, {})
+        return self.session.post(
+            self.base + path + f"?{query}",
+            data=body,
+            headers={"X-Twilio-Signature": sig, "Content-Type": "application/json"},
+            timeout=5,
+        )
 
     def inbound(self, body: str, *, to: str = OUR_NUMBER, **extra: str) -> requests.Response:
         form = {"From": CUSTOMER, "To": to, "Body": body, "MessageSid": "SM" + "b" * 32, **extra}
@@ -279,3 +302,75 @@ def test_start_does_not_lift_an_operators_opt_out(engine: Engine, client: Client
 def test_wrong_method_and_path(client: Client) -> None:
     assert client.session.get(client.base + "/twilio/status", timeout=5).status_code == 405
     assert client.session.get(client.base + "/nope", timeout=5).status_code == 404
+
+
+def _json(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_a_json_callback_signed_through_bodysha256_is_applied(
+    engine: Engine, client: Client
+) -> None:
+    org = make_org(engine)
+    rid = make_row(engine, org, status="sent", provider_message_id=SID)
+    body = _json(MessageSid=SID, MessageStatus="undelivered", ErrorCode=30003)
+    assert client.post_json("/twilio/status", body).status_code == 204
+    row = get_row(engine, rid)
+    assert (row.delivery_status, row.error_code) == ("undelivered", "30003")
+
+
+def test_a_json_callback_whose_hash_or_signature_fails_gets_403(
+    engine: Engine, client: Client
+) -> None:
+    org = make_org(engine)
+    rid = make_row(engine, org, status="sent", provider_message_id=SID)
+    body = _json(MessageSid=SID, MessageStatus="delivered")
+    path = "/twilio/status"
+
+    def unhashed(signature: str) -> requests.Response:
+        return client.session.post(
+            client.base + path,
+            data=body,
+            headers={"X-Twilio-Signature": signature, "Content-Type": "application/json"},
+            timeout=5,
+        )
+
+    good_hash = client.validator.compute_hash(body.decode())
+    other = _json(MessageSid=SID, MessageStatus="failed")
+    fields = {"MessageSid": SID, "MessageStatus": "delivered"}
+    refused = {
+        # signed and hashed for one body, another one sent
+        "body": client.post_json(path, other, body_hash=good_hash),
+        # the hash in the URL is the body's, but the signature is over another hash
+        "hash": client.post_json(path, body, signed_url=f"{PUBLIC}{path}?bodySHA256={'0' * 64}"),
+        # signed over the bare URL, no bodySHA256: nothing vouches for the body
+        "no-hash": unhashed(client.validator.compute_signature(PUBLIC + path, {})),
+        "signed-without-query": client.post_json(path, body, signed_url=PUBLIC + path),
+        # a form-style signature over the JSON's fields is not Twilio's JSON scheme
+        "form-signature": unhashed(client.validator.compute_signature(PUBLIC + path, fields)),
+    }
+    assert {name: r.status_code for name, r in refused.items()} == dict.fromkeys(refused, 403)
+    assert get_row(engine, rid).delivery_status is None
+    not_an_object = client.post_json(path, b"[1, 2]")  # signed, hashed, but not fields
+    assert not_an_object.status_code == 400
+    assert not_an_object.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_30005_callback_marks_the_number_and_one_before_its_sid_is_kept(
+    engine: Engine, client: Client
+) -> None:
+    early = "SM" + "e" * 32
+    assert client.status("delivered", sid=early).status_code == 204
+    with engine.connect() as conn:
+        kept = conn.execute(select(EarlyReceipt.sid, EarlyReceipt.status)).all()
+    assert kept == [(early, "delivered")]
+
+    org = make_org(engine)
+    make_row(engine, org, status="sent", provider_message_id=SID)
+    form = {"MessageSid": SID, "MessageStatus": "undelivered", "ErrorCode": "30005"}
+    assert client.post("/twilio/status", {**form, "To": CUSTOMER}).status_code == 204
+    with engine.connect() as conn:
+        marked = conn.execute(
+            select(UndeliverableNumber.org_id, UndeliverableNumber.phone_e164)
+        ).all()
+    assert marked == [(org, CUSTOMER)]

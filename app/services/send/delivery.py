@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from app.aioloop import monotonic
 from app.db import ledger
+from app.db.undeliverable import REASON as UNDELIVERABLE
 from app.domain import planning
 from app.domain.circuit import Admit, Breaker
 from app.providers.base import PermanentError, SmsProvider, TransientError, UnknownOutcomeError
@@ -27,6 +28,7 @@ log = logging.getLogger("app.engine")
 class Delivered:
     outcome: ledger.Outcome
     opted_out: bool = False  # the provider says the recipient unsubscribed
+    undeliverable: bool = False  # ... that the number cannot take texts
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,16 @@ class Delivery:
             return Delivered(self._retry_or_fail(text, attempt, exc))
         except PermanentError as exc:
             self._succeeded()  # a definite answer: the provider is up
-            reason = "opted_out" if exc.opted_out else "rejected"
+            if exc.opted_out:
+                reason = "opted_out"
+            elif exc.undeliverable:
+                reason = UNDELIVERABLE
+            else:
+                reason = "rejected"
             return Delivered(
-                ledger.Failed(row.id, attempt, reason, exc.code, exc.message), exc.opted_out
+                ledger.Failed(row.id, attempt, reason, exc.code, exc.message),
+                opted_out=exc.opted_out,
+                undeliverable=exc.undeliverable,
             )
         except UnknownOutcomeError as exc:
             self._failed(row.phone_e164, probe)

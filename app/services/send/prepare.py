@@ -145,6 +145,7 @@ def _text(
             phone_valid=row.phone_e164 is not None,
             opted_out=row.opted_out,
             nearest_sent=row.nearest_sent,
+            undeliverable=row.undeliverable,
         ),
         today=today,
         leads=org.leads,

@@ -14,7 +14,7 @@ from queue import Empty
 from sqlalchemy import Engine
 
 from app.aioloop import monotonic
-from app.db import ledger
+from app.db import ledger, undeliverable
 from app.domain.phones import mask_phone
 from app.services.send.delivery import CircuitChange, Delivered
 from app.services.send.prepare import Text
@@ -151,6 +151,15 @@ class Recorder(QueueThread["_Item"]):
                             org_id=t.org.id,
                             phone_e164=t.row.phone_e164,
                             source="provider",
+                            now=now,
+                        )
+                    if n.undeliverable and t.row.phone_e164:
+                        refusal = n.outcome if isinstance(n.outcome, ledger.Failed) else None
+                        undeliverable.mark(
+                            conn,
+                            org_id=t.org.id,
+                            phone_e164=t.row.phone_e164,
+                            code=(refusal.code if refusal else None) or "",
                             now=now,
                         )
                 moved = ledger.record(conn, [n.outcome for _, _, n in outcomes], now=now)
