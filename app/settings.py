@@ -123,6 +123,13 @@ def _http_url(raw: str) -> str:
     return value
 
 
+def _port(raw: str) -> int:
+    value = _int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError(f"expected a TCP port between 1 and 65535, got {raw!r}")
+    return value
+
+
 def _country(raw: str) -> str:
     return check_country(raw)
 
@@ -251,6 +258,11 @@ class Settings:
     api_body_timeout_seconds: float = _env("API_BODY_TIMEOUT_SECONDS", _positive_float, 10.0)
     api_keep_alive_seconds: float = _env("API_KEEP_ALIVE_SECONDS", _positive_float, 5.0)
     api_limit_concurrency: int = _env("API_LIMIT_CONCURRENCY", _positive_int, 1000)
+    # Each worker serves its own Prometheus counters on this port (all interfaces); unset: none.
+    # Its pool processes write them to PROMETHEUS_MULTIPROC_DIR (emptied at start; unset: a
+    # fresh temporary directory). README: "Monitoring".
+    worker_metrics_port: int | None = _env("WORKER_METRICS_PORT", _port, None)
+    prometheus_multiproc_dir: str | None = _env("PROMETHEUS_MULTIPROC_DIR", _optional_text, None)
     log_format: str = _env("LOG_FORMAT", _choice("text", "json"), "text")
     log_level: str = _env("LOG_LEVEL", _log_level, "INFO")
 

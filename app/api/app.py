@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import health, problems, twilio
+from app.api import health, metrics, problems, twilio
 from app.api.limits import BodyLimits
 from app.api.v1 import ROUTERS
 from app.db.session import get_engine
+from app.domain.planning import utcnow
+from app.metrics import ledger as ledger_metrics
 from app.settings import Settings, get_settings
 from app.webhook.signatures import Signatures, check_webhook_settings
 
@@ -32,8 +34,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
     app.state.signatures = Signatures(settings)
+    app.state.metrics = ledger_metrics.registry(app.state.engine, utcnow)
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(twilio.router)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")

@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 from app.aioloop import monotonic, shared_loop
 from app.db import ledger
 from app.domain import planning
+from app.metrics import worker as worker_metrics
 from app.providers.base import SmsProvider
 from app.services.engine import OrgConfig
 from app.services.ratelimit import NoRateLimit, RateLimiter
@@ -211,6 +212,13 @@ class Sender:
         report.skipped += prepared.skipped
         report.failed += prepared.failed
         report.deferred += prepared.deferred
+        for outcome, n in (
+            ("held", sum(n for n, _ in prepared.held.values())),  # not yet tried: the window
+            ("skipped", prepared.skipped),
+            ("failed", prepared.failed),
+            ("deferred", prepared.deferred),
+        ):
+            worker_metrics.count_text(outcome, n=n)
         # What will not be paced leaves the admission's queue now.
         going: dict[str, int] = {}
         for t in prepared.texts:

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from app import gcpolicy
 from app.db.session import dispose_engines, get_engine
 from app.logs import configure_logging
+from app.metrics import worker as worker_metrics
 from app.providers import SmsProvider, build_provider, check_provider_settings
 from app.services.ratelimit_redis import RedisRateLimiter
 from app.services.sender import Sender
@@ -149,6 +150,7 @@ def _process_shutdown(**_: Any) -> None:
     if _runtime is not None and _runtime.pid == os.getpid():
         _runtime.close()
     dispose_engines()
+    worker_metrics.process_exited(os.getpid())
 
 
 def _ready(sender: Any = None, **_: Any) -> None:

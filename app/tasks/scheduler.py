@@ -22,6 +22,7 @@ from app.config import celery_config
 from app.db import early_receipts, ledger
 from app.domain.planning import utcnow
 from app.errors import ConfigError
+from app.metrics import worker as worker_metrics
 from app.providers import check_provider_settings
 from app.services import dispatch
 from app.services.engine import OrgConfig, load_orgs, plan_day
@@ -71,6 +72,24 @@ class _ProviderFactoryStep(bootsteps.Step):  # type: ignore[misc]
 
 
 app.steps["worker"].add(_ProviderFactoryStep)
+
+
+class _MetricsStep(bootsteps.Step):  # type: ignore[misc]
+    """WORKER_METRICS_PORT: the main process serves the pool's counters, set up before the
+    pool forks (multiprocess mode must be on before the first value is made)."""
+
+    def __init__(self, parent: Any, **options: Any):
+        port = _settings.worker_metrics_port
+        if port is not None:
+            try:
+                path = worker_metrics.start(port=port, directory=_settings.prometheus_multiproc_dir)
+            except ConfigError as exc:
+                refuse_to_start(exc)
+            log.info("worker metrics on port %d (multiprocess directory %s)", port, path)
+        super().__init__(parent, **options)
+
+
+app.steps["worker"].add(_MetricsStep)
 
 
 #: A send task waits this long for room in its process, then hands its batch back to the broker
@@ -264,6 +283,7 @@ def _batch_finished(ids: list[int], started: datetime, done: Future[SendReport])
     """When every outcome of a batch is recorded (on the process's outcome writer thread)."""
     rt = runtime.current()
     rt.batch_done()
+    worker_metrics.observe_batch((utcnow() - started).total_seconds())
     try:
         report = done.result()
     except Exception as exc:  # noqa: BLE001 - logged; the sweeper settles the rows

@@ -33,6 +33,7 @@ VALUES = {
 PUBLIC = {
     ("GET", "/healthz"): "liveness",
     ("GET", "/readyz"): "readiness",
+    ("GET", "/metrics"): "Prometheus scrapes it without a key (README: Monitoring)",
     ("POST", "/twilio/status"): "Twilio's signature instead",
     ("POST", "/twilio/inbound"): "Twilio's signature instead",
 }

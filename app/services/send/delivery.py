@@ -17,6 +17,7 @@ from app.db import ledger
 from app.db.undeliverable import REASON as UNDELIVERABLE
 from app.domain import planning
 from app.domain.circuit import Admit, Breaker
+from app.metrics import worker as worker_metrics
 from app.providers.base import PermanentError, SmsProvider, TransientError, UnknownOutcomeError
 from app.services.send.prepare import Text
 from app.settings import Settings
@@ -69,11 +70,13 @@ class Delivery:
         row, org = text.row, text.org
         assert row.phone_e164 is not None
         now = self.clock()
+        began = monotonic()
         try:
             message_id = await self.provider.send_async(
                 row.phone_e164, text.body, org.sender, valid_for=valid_for(text, now)
             )
         except TransientError as exc:
+            self._took(began, "transient")
             if not self._failed(row.phone_e164, probe):
                 # The provider fails for everyone: the attempt is given back.
                 return Delivered(
@@ -88,6 +91,7 @@ class Delivery:
                 )
             return Delivered(self._retry_or_fail(text, attempt, exc))
         except PermanentError as exc:
+            self._took(began, "permanent")
             self._succeeded()  # a definite answer: the provider is up
             if exc.opted_out:
                 reason = "opted_out"
@@ -101,10 +105,15 @@ class Delivery:
                 undeliverable=exc.undeliverable,
             )
         except UnknownOutcomeError as exc:
+            self._took(began, "unknown")
             self._failed(row.phone_e164, probe)
             return Delivered(ledger.Unknown(row.id, attempt, exc.code, exc.message))
+        self._took(began, "accepted")
         self._succeeded()
         return Delivered(ledger.Sent(row.id, attempt, message_id, self.clock()))
+
+    def _took(self, began: float, result: str) -> None:
+        worker_metrics.observe_request(self.provider.name, result, monotonic() - began)
 
     def _retry_or_fail(self, text: Text, attempt: int, exc: TransientError) -> ledger.Outcome:
         row, org = text.row, text.org

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from app.aioloop import monotonic
 from app.db.ledger import DEFERRED
 from app.domain.circuit import Admit
+from app.metrics import worker as worker_metrics
 from app.services.ratelimit import RateLimiter
 from app.services.send.delivery import still_true
 from app.services.send.prepare import Text
@@ -140,6 +141,8 @@ class Pacer:
             except Exception as exc:  # noqa: BLE001 - nothing was sent: later is safe
                 log.warning("rate limiter failed for %s: %r", key, exc)
                 first, granted, spacing = 1.0, 0, 0.0
+            if granted:
+                worker_metrics.observe_rate_wait(first)
             if granted and not spacing:
                 chunk = UNPACED_CHUNK  # no rate to keep: claim many at once
             base = monotonic() + first

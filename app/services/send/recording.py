@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from app.aioloop import monotonic
 from app.db import ledger, undeliverable
 from app.domain.phones import mask_phone
+from app.metrics import worker as worker_metrics
 from app.services.send.delivery import CircuitChange, Delivered
 from app.services.send.prepare import Text
 from app.services.send.queue_thread import STOP, QueueThread
@@ -194,7 +195,9 @@ class Recorder(QueueThread["_Item"]):
 def _tally(report: SendReport, text: Text, note: Note, *, lost: bool) -> None:
     if lost or isinstance(note, Lost):
         report.count("lost")
+        worker_metrics.count_text("lost")
         return
+    code: str | None = None
     if isinstance(note, Waits):
         counter, until = ("held" if note.reason == ledger.HELD else "deferred"), note.until
     else:
@@ -203,15 +206,17 @@ def _tally(report: SendReport, text: Text, note: Note, *, lost: bool) -> None:
             case ledger.Sent():
                 counter, until = "sent", None
             case ledger.Retry():
-                counter, until = "retrying", None
+                counter, until, code = "retrying", None, o.code
                 report.retry_at.append(o.at)
             case ledger.Failed():
-                counter, until = "failed", None
+                counter, until, code = "failed", None, o.code
             case ledger.Unknown():
-                counter, until = "unknown", None
+                counter, until, code = "unknown", None, o.code
             case ledger.PutBack():
                 counter, until = ("held" if o.reason == ledger.HELD else "deferred"), o.until
+                code = o.code
     report.count(counter)
+    worker_metrics.count_text(counter, code=code)
     if counter == "held" and until is not None:
         report.note_held(text.org.slug, until)
 
