@@ -104,6 +104,15 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1 or 0 (true or false), got {raw!r}")
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -263,6 +272,17 @@ class Settings:
     # fresh temporary directory). README: "Monitoring".
     worker_metrics_port: int | None = _env("WORKER_METRICS_PORT", _port, None)
     prometheus_multiproc_dir: str | None = _env("PROMETHEUS_MULTIPROC_DIR", _optional_text, None)
+    # Outbound events (README: "Events"): each delivery attempt waits this long for an answer;
+    # a failed one is tried again after EVENTS_BACKOFF_SECONDS, doubling up to
+    # EVENTS_BACKOFF_MAX_SECONDS (with jitter), until EVENTS_RETRY_SECONDS after it was first
+    # due, then it is dead. Endpoints on loopback or private addresses are refused unless
+    # EVENTS_ALLOW_PRIVATE=1.
+    events_timeout_seconds: float = _env("EVENTS_TIMEOUT_SECONDS", _positive_float, 10.0)
+    events_backoff_seconds: float = _env("EVENTS_BACKOFF_SECONDS", _positive_float, 10.0)
+    events_backoff_max_seconds: float = _env("EVENTS_BACKOFF_MAX_SECONDS", _positive_float, 3600.0)
+    events_retry_seconds: float = _env("EVENTS_RETRY_SECONDS", _positive_float, 86400.0)
+    events_concurrency: int = _env("EVENTS_CONCURRENCY", _positive_int, 16)
+    events_allow_private: bool = _env("EVENTS_ALLOW_PRIVATE", _bool, False)
     log_format: str = _env("LOG_FORMAT", _choice("text", "json"), "text")
     log_level: str = _env("LOG_LEVEL", _log_level, "INFO")
 

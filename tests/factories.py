@@ -20,6 +20,7 @@ from app.services.sender import Sender
 from app.settings import Settings
 
 TABLES = (
+    "event_deliveries, events, event_endpoints, "
     "early_receipts, undeliverable_numbers, api_runs, api_keys, test_messages, reminders, "
     "daily_runs, opt_outs, templates, "
     "subscriptions, customers, organizations"

@@ -32,12 +32,16 @@ TIME_LIMITS = {
     "sweep": (240, 300),
     "reconcile": (600, 660),
     "cleanup": (1800, 1900),
+    "events": (60, 90),
 }
 
 #: Send batches wait in one queue; the beat tasks and daily runs in another, so a backlog of a
 #: big day never delays another organization's start or the sweeper.
 SEND_QUEUE = "reminders"
 CONTROL_QUEUE = "reminders.control"
+#: Outbound events go out from a queue of their own: a slow endpoint never delays a send batch
+#: or beat's tasks.
+EVENTS_QUEUE = "reminders.events"
 
 
 def _queue(name: str) -> Any:
@@ -95,9 +99,10 @@ def build(settings: Settings) -> dict[str, Any]:
         "worker_disable_rate_limits": True,
         # https://docs.celeryq.dev/en/stable/userguide/routing.html#manual-routing
         "task_default_queue": SEND_QUEUE,
-        "task_queues": [_queue(SEND_QUEUE), _queue(CONTROL_QUEUE)],
+        "task_queues": [_queue(SEND_QUEUE), _queue(CONTROL_QUEUE), _queue(EVENTS_QUEUE)],
         "task_routes": {
             "app.tasks.scheduler.send_reminders": {"queue": SEND_QUEUE},
+            "app.tasks.scheduler.deliver_events": {"queue": EVENTS_QUEUE},
             "app.tasks.scheduler.*": {"queue": CONTROL_QUEUE},
         },
         # Beat runs in UTC; each organization's local date is computed by the tasks.
@@ -124,6 +129,11 @@ def build(settings: Settings) -> dict[str, Any]:
                 "task": "app.tasks.scheduler.reconcile_unknown",
                 "schedule": timedelta(seconds=max(tick, 60.0)),
                 "options": {"expires": max(tick, 60.0)},
+            },
+            "deliver-events": {
+                "task": "app.tasks.scheduler.deliver_events",
+                "schedule": timedelta(seconds=tick),
+                "options": {"expires": tick},
             },
             "cleanup": {
                 "task": "app.tasks.scheduler.cleanup",

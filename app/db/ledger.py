@@ -25,12 +25,12 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from app.db import early_receipts
+from app.db import early_receipts, outbox
 from app.db.models import (
     Customer,
     OptOut,
@@ -43,6 +43,7 @@ from app.db.models import (
 from app.db.undeliverable import REASON as UNDELIVERABLE
 from app.db.undeliverable import mark_of_message
 from app.domain import delivery, planning
+from app.domain.events import RECEIPT_EVENTS, EventType
 from app.domain.status import MAY_HAVE_SENT, Status
 
 PENDING, SENDING, SENT = Status.PENDING, Status.SENDING, Status.SENT
@@ -193,29 +194,31 @@ def wait(
 
 def skip(conn: Connection, reasons: dict[int, str], *, now: datetime) -> int:
     """Pending rows the rules say must not go (cancelled, renewed, superseded …): ``skipped``."""
-    moved = 0
+    moved: list[int] = []
     for reason, ids in _group(reasons).items():
-        result = conn.execute(
+        moved += conn.execute(
             update(Reminder)
             .where(Reminder.id.in_(ids), Reminder.status == PENDING)
             .values(status=SKIPPED, reason=reason, updated_at=now)
-        )
-        moved += result.rowcount or 0
-    return moved
+            .returning(Reminder.id)
+        ).scalars()
+    outbox.message_rows(conn, EventType.MESSAGE_SKIPPED, moved, now=now)
+    return len(moved)
 
 
 def fail_unsent(conn: Connection, problems: dict[int, str], *, reason: str, now: datetime) -> int:
     """Pending rows whose text cannot be made (their organization's template went past a
     bound): ``failed`` with ``reason``, the problem in ``error_message``; nothing was sent."""
-    moved = 0
+    moved: list[int] = []
     for problem, ids in _group(problems).items():
-        result = conn.execute(
+        moved += conn.execute(
             update(Reminder)
             .where(Reminder.id.in_(ids), Reminder.status == PENDING)
             .values(status=FAILED, reason=reason, error_message=problem, updated_at=now)
-        )
-        moved += result.rowcount or 0
-    return moved
+            .returning(Reminder.id)
+        ).scalars()
+    outbox.message_rows(conn, EventType.MESSAGE_FAILED, moved, now=now)
+    return len(moved)
 
 
 def rekey(conn: Connection, row_id: int, *, lead: int, days_left: int, now: datetime) -> bool:
@@ -535,12 +538,14 @@ def _params(o: Outcome, now: datetime) -> dict[str, Any]:
 def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> dict[type, int]:
     """Write outcomes, one statement per kind; returns how many rows each kind moved (an
     outcome whose row is no longer in that attempt moves nothing: someone settled it first).
-    The texts sent take the status callbacks that came before their message ids."""
+    Texts sent or failed are told as events; the texts sent take the status callbacks that
+    came before their message ids."""
     by_kind: dict[type, list[Outcome]] = {}
     for o in outcomes:
         by_kind.setdefault(type(o), []).append(o)
     moved: dict[type, int] = {}
     for kind, group in by_kind.items():
+        told = _TOLD.get(kind)
         if kind is Sent and conn.dialect.name == "postgresql":
             # The common case, the whole group in one statement.
             sent = cast(list[Sent], group)
@@ -551,13 +556,24 @@ def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> d
                 "message_ids": [o.message_id for o in sent],
                 "sent_ats": [o.sent_at for o in sent],
             }
-            moved[kind] = conn.execute(_SENT_MANY, params).rowcount or 0
+            ids = list(conn.execute(_SENT_MANY, params).scalars())
+        elif told is not None:
+            stmt = _OUTCOME_SQL[kind].returning(Reminder.id)
+            ids = [i for o in group for i in conn.execute(stmt, _params(o, now)).scalars()]
         else:
             params_list = [_params(o, now) for o in group]
             moved[kind] = conn.execute(_OUTCOME_SQL[kind], params_list).rowcount or 0
+            continue
+        moved[kind] = len(ids)
+        if told is not None:
+            outbox.message_rows(conn, told, ids, now=now)
         if kind is Sent:
             apply_early_receipts(conn, [cast(Sent, o).message_id for o in group], now=now)
     return moved
+
+
+#: The outcomes a host is told of, as which event.
+_TOLD = {Sent: EventType.MESSAGE_SENT, Failed: EventType.MESSAGE_FAILED}
 
 
 _SENT_MANY = text(
@@ -569,6 +585,7 @@ FROM unnest(CAST(:row_ids AS BIGINT[]), CAST(:attempts AS INTEGER[]),
             CAST(:message_ids AS TEXT[]), CAST(:sent_ats AS TIMESTAMPTZ[]))
      AS g(row_id, attempt, message_id, sent_at)
 WHERE r.id = g.row_id AND r.status = '{SENDING}' AND r.attempts = g.attempt
+RETURNING r.id
 """
 ).bindparams(bindparam("now", type_=Reminder.__table__.c.updated_at.type))
 
@@ -669,11 +686,38 @@ def load_pending(conn: Connection, ids: Sequence[int]) -> list[TextRow]:
 def add_opt_out(
     conn: Connection, *, org_id: int, phone_e164: str, source: str, now: datetime
 ) -> bool:
-    """Record an opt-out; True if it is new. Idempotent through the unique key."""
+    """Record an opt-out (told as ``optout.created``); True if it is new. Idempotent through
+    the unique key."""
     values = {"org_id": org_id, "phone_e164": phone_e164, "source": source, "created_at": now}
     dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(OptOut).values(**values).on_conflict_do_nothing().returning(OptOut.id)
-    return conn.execute(stmt).first() is not None
+    new = conn.execute(stmt).first() is not None
+    if new:
+        outbox.opt_outs(conn, EventType.OPTOUT_CREATED, [(org_id, phone_e164, source)], now=now)
+    return new
+
+
+def remove_opt_outs(
+    conn: Connection,
+    *,
+    org_ids: Sequence[int],
+    phone_e164: str,
+    now: datetime,
+    sources: Sequence[str] | None = None,
+    source: str,
+) -> int:
+    """Lift a number's opt-outs in these organizations (only those from ``sources`` when
+    given), each told as ``optout.removed`` by ``source``; how many were lifted."""
+    if not org_ids:
+        return 0
+    stmt = delete(OptOut).where(OptOut.org_id.in_(list(org_ids)), OptOut.phone_e164 == phone_e164)
+    if sources is not None:
+        stmt = stmt.where(OptOut.source.in_(list(sources)))
+    lifted = list(conn.execute(stmt.returning(OptOut.org_id)).scalars())
+    outbox.opt_outs(
+        conn, EventType.OPTOUT_REMOVED, [(o, phone_e164, source) for o in lifted], now=now
+    )
+    return len(lifted)
 
 
 def release_stale_sending(
@@ -760,6 +804,7 @@ def settle_unknown(
     )
     settled = (result.rowcount or 0) == 1
     if settled and found is not None:
+        outbox.message_rows(conn, EventType.MESSAGE_SENT, [row_id], now=now)
         apply_early_receipts(conn, [found[0]], now=now)
     return settled
 
@@ -774,19 +819,24 @@ def record_delivery(
     now: datetime,
 ) -> bool:
     """A delivery receipt: the row with that message id takes ``status`` if it is newer than
-    what it has (one of ``lower``, or none yet)."""
+    what it has (one of ``lower``, or none yet); a final one is told as an event."""
     values: dict[str, object] = {"delivery_status": status, "updated_at": now}
     if error_code:
         values["error_code"] = error_code
-    result = conn.execute(
-        update(Reminder)
-        .where(
-            Reminder.provider_message_id == message_sid,
-            or_(Reminder.delivery_status.is_(None), Reminder.delivery_status.in_(list(lower))),
-        )
-        .values(**values)
+    moved = list(
+        conn.execute(
+            update(Reminder)
+            .where(
+                Reminder.provider_message_id == message_sid,
+                or_(Reminder.delivery_status.is_(None), Reminder.delivery_status.in_(list(lower))),
+            )
+            .values(**values)
+            .returning(Reminder.id)
+        ).scalars()
     )
-    return (result.rowcount or 0) > 0
+    if status in RECEIPT_EVENTS:
+        outbox.message_rows(conn, RECEIPT_EVENTS[status], moved, now=now)
+    return bool(moved)
 
 
 @dataclass(frozen=True)
@@ -813,6 +863,9 @@ def record_deliveries(conn: Connection, moves: Sequence[DeliveryMove], *, now: d
         ),
         [{"b_row_id": m.row_id, "b_status": m.status, "b_error_code": m.error_code} for m in moves],
     )
+    for status, type_ in RECEIPT_EVENTS.items():
+        told = [m.row_id for m in moves if m.status == status]
+        outbox.message_rows(conn, type_, told, now=now)
     return result.rowcount or 0
 
 

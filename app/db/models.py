@@ -315,3 +315,68 @@ class UndeliverableNumber(Base):
     phone_e164: Mapped[str] = mapped_column(String(20))
     error_code: Mapped[str] = mapped_column(String(32))
     since: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EventEndpoint(Base):
+    """Where an organization's host wants its events: a URL, the secret they are signed with
+    (made by the service, shown once) and the event types it wants (comma-separated).
+    Removing one keeps the row (``removed_at``) so its deliveries stay readable."""
+
+    __tablename__ = "event_endpoints"
+    __table_args__ = (Index("ix_event_endpoints_org", "org_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(100))
+    event_types: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Event(Base):
+    """The outbox: one row per event, written in the transaction of the change that caused
+    it, so an event exists exactly when its change committed. ``event_id`` is what a receiver
+    deduplicates on (``webhook-id``)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_org_created", "org_id", "created_at"),
+        Index("ix_events_reminder", "reminder_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(40))
+    # The ledger row a message event is about (no foreign key: cleanup may drop the row first).
+    reminder_id: Mapped[int | None] = mapped_column(BigInteger)
+    payload: Mapped[str] = mapped_column(Text)  # the request body, as signed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EventDelivery(Base):
+    """One event to one endpoint: claimed for an attempt by one conditional UPDATE that moves
+    ``next_attempt_at`` past a lease, so a worker that dies mid-request only delays it."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_pk", "endpoint_id", name="uq_event_deliveries_event_endpoint"),
+        CheckConstraint(
+            "status IN ('pending','delivered','dead','cancelled')",
+            name="ck_event_deliveries_status",
+        ),
+        Index("ix_event_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_event_deliveries_endpoint", "endpoint_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_pk: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("event_endpoints.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    first_due_at: Mapped[datetime] = mapped_column(UTCDateTime())  # retries stop a period after
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_status: Mapped[int | None] = mapped_column(Integer)  # the endpoint's last HTTP status
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

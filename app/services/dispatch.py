@@ -23,7 +23,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app.db import ledger
+from app.db import ledger, outbox
 from app.db.models import DailyRun, Organization, Reminder
 from app.domain import planning
 from app.services.engine import OrgConfig, load_orgs
@@ -185,12 +185,18 @@ class DayFinished:
 def finish_days(conn: Connection, *, now: datetime) -> list[DayFinished]:
     """Planned days with nothing left ``pending`` or ``sending`` are finished."""
     runs = conn.execute(
-        select(DailyRun.id, DailyRun.org_id, DailyRun.local_date, Organization.slug)
+        select(
+            DailyRun.id,
+            DailyRun.org_id,
+            DailyRun.local_date,
+            Organization.slug,
+            DailyRun.started_at,
+        )
         .join(Organization, Organization.id == DailyRun.org_id)
         .where(DailyRun.status == "planned")
     ).all()
     finished = []
-    for run_id, org_id, day, slug in runs:
+    for run_id, org_id, day, slug, started_at in runs:
         counts = day_status_counts(conn, org_days={org_id: day})
         if counts.get("pending", 0) or counts.get("sending", 0):
             continue
@@ -201,6 +207,15 @@ def finish_days(conn: Connection, *, now: datetime) -> list[DayFinished]:
         )
         if result.rowcount:
             finished.append(DayFinished(org_id, slug, day, counts))
+            outbox.day_completed(
+                conn,
+                org_id=org_id,
+                slug=slug,
+                local_date=day,
+                counts=counts,
+                started_at=started_at,
+                now=now,
+            )
     return finished
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
+from app.db import outbox
 from app.db import plan as plan_sql
 from app.db.models import DEFAULT_TEMPLATE_LEAD, Organization, Template
 from app.domain import planning
@@ -215,6 +216,9 @@ def plan_day(
         report.skipped += new.counts.get("skipped", 0)
         report.failed += new.counts.get("failed", 0)
         report.rendered += new.counts.get("pending", 0) if render else 0
+        if new.counts.get("skipped") or new.counts.get("failed"):
+            # Rows that will never be tried are told now, in the page's transaction.
+            outbox.planned(conn, org_ids=list(orgs), created_at=now, now=now)
         if on_page is None:
             continue
         # Statistics when the ledger has doubled since they were last taken: the pages'

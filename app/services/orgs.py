@@ -12,7 +12,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import ledger, undeliverable
-from app.db.models import DEFAULT_TEMPLATE_LEAD, OptOut, Organization, Template
+from app.db.models import DEFAULT_TEMPLATE_LEAD, Organization, Template
 from app.domain import planning
 from app.domain.countries import check_country, zone_country
 from app.domain.phones import InvalidPhone, normalize_phone
@@ -342,8 +342,8 @@ def set_opt_out(
     if opted_out:
         changed = ledger.add_opt_out(conn, org_id=org.id, phone_e164=e164, source=source, now=now)
     else:
-        result = conn.execute(
-            delete(OptOut).where(OptOut.org_id == org.id, OptOut.phone_e164 == e164)
+        lifted = ledger.remove_opt_outs(
+            conn, org_ids=[org.id], phone_e164=e164, source=source, now=now
         )
-        changed = (result.rowcount or 0) > 0
+        changed = lifted > 0
     return e164, changed

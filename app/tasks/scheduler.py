@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import date, datetime, timedelta
 from typing import Any, NoReturn
 
 import click
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from sqlalchemy import Connection, Engine
+from sqlalchemy import event as sa_event
 
 from app.config import celery_config
-from app.db import early_receipts, ledger
+from app.db import early_receipts, ledger, outbox
 from app.domain.planning import utcnow
 from app.errors import ConfigError
 from app.metrics import worker as worker_metrics
 from app.providers import check_provider_settings
-from app.services import dispatch
+from app.services import dispatch, event_delivery
 from app.services.engine import OrgConfig, load_orgs, plan_day
 from app.services.runner import preview_plan, split_by_date
 from app.services.sender import Busy, SendReport
@@ -392,6 +394,64 @@ def reconcile_unknown(safe_delay_seconds: float | None = None) -> dict[str, int]
     if report.retried:
         _requeue_due(lease=rt.settings.stale_sending_seconds)
     return report.as_dict()
+
+
+#: Seconds a delivery task may spend; then it hands the rest to its successor (a pool
+#: process is never held for long, whatever the endpoints do).
+EVENTS_BUDGET_SECONDS = 20.0
+
+
+@_task(name="app.tasks.scheduler.deliver_events", **_limits("events"))
+def deliver_events() -> dict[str, int]:
+    """Beat, every tick, and after each commit that wrote events: deliver the due ones; come
+    back soon while some are due within a tick (a retry's short backoff, the budget spent)."""
+    rt = runtime.current()
+    report = event_delivery.deliver_due(
+        rt.engine, rt.settings, budget_seconds=EVENTS_BUDGET_SECONDS
+    )
+    if report.tried:
+        log.info(
+            "events: delivered=%d retrying=%d dead=%d",
+            report.delivered,
+            report.retrying,
+            report.dead,
+        )
+        with rt.engine.connect() as conn:
+            due = outbox.next_due(conn)
+        if due is not None:
+            wait = max(0.0, (due - utcnow()).total_seconds())
+            if wait < rt.settings.tick_seconds:
+                deliver_events.apply_async(countdown=wait)
+    return {"delivered": report.delivered, "retrying": report.retrying, "dead": report.dead}
+
+
+#: A process kicks the delivery task at most this often (seconds).
+EVENTS_KICK_SECONDS = 1.0
+_last_kick = 0.0
+
+
+def _kick_events(conn: Connection) -> None:
+    """After a commit that wrote events, the delivery task comes (soon, not at the next tick).
+    The commit event fires just before the database's commit: the task is sent with a short
+    countdown, and a task too early finds nothing and leaves the events to the next."""
+    global _last_kick
+    if not conn.info.pop(outbox.WRITTEN, False):
+        return
+    moment = time.monotonic()
+    if moment - _last_kick < EVENTS_KICK_SECONDS:
+        return
+    _last_kick = moment
+    try:
+        deliver_events.apply_async(countdown=EVENTS_KICK_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - beat's tick delivers them anyway
+        log.warning("events: could not enqueue delivery (%s); the next tick delivers", exc)
+
+
+def _listen_for_events(**_: Any) -> None:
+    sa_event.listen(Engine, "commit", _kick_events)
+
+
+signals.worker_init.connect(_listen_for_events)
 
 
 @_task(name="app.tasks.scheduler.cleanup", **_limits("cleanup"))

@@ -9,10 +9,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Engine, delete, or_, select
+from sqlalchemy import ColumnElement, Engine, or_, select
 
 from app.db import early_receipts, ledger, undeliverable
-from app.db.models import OptOut, Organization
+from app.db.models import Organization
 from app.domain import delivery
 from app.domain.phones import mask_phone
 from app.settings import Settings
@@ -139,13 +139,14 @@ def handle_inbound(
                 ledger.add_opt_out(
                     conn, org_id=org_id, phone_e164=from_number, source="inbound", now=now
                 )
-        if action == "opt_in" and org_ids:
-            conn.execute(
-                delete(OptOut).where(
-                    OptOut.org_id.in_(org_ids),
-                    OptOut.phone_e164 == from_number,
-                    OptOut.source.in_(_CUSTOMER_SOURCES),
-                )
+        if action == "opt_in":
+            ledger.remove_opt_outs(
+                conn,
+                org_ids=org_ids,
+                phone_e164=from_number,
+                sources=_CUSTOMER_SOURCES,
+                source="inbound",
+                now=now,
             )
     log.info(
         "inbound %s from %s to %s: %s for %d organization(s)",
