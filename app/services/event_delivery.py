@@ -33,9 +33,6 @@ from app.settings import Settings
 
 log = logging.getLogger("app.events")
 
-#: Deliveries claimed at a time.
-BATCH = 200
-
 
 class RefusedAddress(OSError):
     """The endpoint's host is (or resolves to) an address events may not go to."""
@@ -101,6 +98,15 @@ class DeliveryReport:
     def tried(self) -> int:
         return self.delivered + self.retrying + self.dead
 
+    def add(self, results: list[outbox.Result]) -> None:
+        for r in results:
+            if isinstance(r, outbox.Delivered):
+                self.delivered += 1
+            elif r.retry_at is None:
+                self.dead += 1
+            else:
+                self.retrying += 1
+
 
 class Deliverer:
     """One pass over what is due, as many times as fits a time budget."""
@@ -120,51 +126,57 @@ class Deliverer:
 
     @property
     def lease_seconds(self) -> float:
-        """How long a claimed delivery is ours: a request's whole deadline and a margin."""
-        return 2 * self.settings.events_timeout_seconds + 30.0
+        """How long a claimed delivery is ours: it is claimed only when a request slot is
+        free, so its request's whole deadline (connect + answer) and a margin to record it."""
+        timeout = self.settings.events_timeout_seconds
+        return timeout + min(5.0, timeout) + 10.0
 
     def run(self, *, budget_seconds: float = 20.0) -> DeliveryReport:
-        """Deliver what is due, batch after batch, until nothing is or the budget is spent."""
+        """Deliver what is due until nothing is or the budget is spent (then what is in flight
+        finishes and is recorded)."""
         return asyncio.run(self._run(budget_seconds))
 
     async def _run(self, budget_seconds: float) -> DeliveryReport:
         report = DeliveryReport()
         deadline = time.monotonic() + budget_seconds
+        room = self.settings.events_concurrency
         timeout = aiohttp.ClientTimeout(
             total=self.settings.events_timeout_seconds,
             sock_connect=min(5.0, self.settings.events_timeout_seconds),
         )
         connector = aiohttp.TCPConnector(
-            limit=self.settings.events_concurrency,
-            resolver=None if self.settings.events_allow_private else GuardedResolver(),
+            limit=room, resolver=None if self._private else GuardedResolver()
         )
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, headers={"user-agent": "reminders-events/1"}
         ) as session:
-            while time.monotonic() < deadline:
-                due = await asyncio.to_thread(self._claim)
-                if not due:
+            flying: set[asyncio.Task[outbox.Result]] = set()
+            more = True  # the last claim filled every free slot: there may be more due
+            while True:
+                if more and len(flying) < room and time.monotonic() < deadline:
+                    # A request slot is free: claim only what can go at once, so a claim's
+                    # lease runs while its own request does, never while it waits.
+                    free = room - len(flying)
+                    due = await asyncio.to_thread(self._claim, free)
+                    more = len(due) == free
+                    flying.update(asyncio.create_task(self._post(session, d)) for d in due)
+                if not flying:
                     break
-                limit = asyncio.Semaphore(self.settings.events_concurrency)
-                results = await asyncio.gather(*(self._post(session, limit, d) for d in due))
+                done, flying = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                results = [t.result() for t in done]
                 await asyncio.to_thread(self._record, results)
-                for r in results:
-                    if isinstance(r, outbox.Delivered):
-                        report.delivered += 1
-                    elif r.retry_at is None:
-                        report.dead += 1
-                    else:
-                        report.retrying += 1
+                report.add(results)
+                more = more or time.monotonic() < deadline
         return report
 
-    def _claim(self) -> list[outbox.Due]:
+    def _claim(self, limit: int) -> list[outbox.Due]:
         now = self.clock()
         with self.engine.begin() as conn:
             return outbox.claim_due(
                 conn,
                 now=now,
                 lease_until=now + timedelta(seconds=self.lease_seconds),
-                limit=BATCH,
+                limit=limit,
             )
 
     def _record(self, results: list[outbox.Result]) -> None:
@@ -176,22 +188,19 @@ class Deliverer:
                     "event delivery %d dead after %d attempts: %s", r.id, r.attempt, r.error
                 )
 
-    async def _post(
-        self, session: aiohttp.ClientSession, limit: asyncio.Semaphore, due: outbox.Due
-    ) -> outbox.Result:
+    async def _post(self, session: aiohttp.ClientSession, due: outbox.Due) -> outbox.Result:
         body = due.payload.encode()
-        async with limit:
-            now = self.clock()
-            headers = events.headers(due.secret, msg_id=due.event_id, body=body, now=now)
-            try:
-                check_host(urlsplit(due.url).hostname or "", allow_private=self._private)
-                async with session.post(
-                    due.url, data=body, headers=headers, allow_redirects=False
-                ) as answer:
-                    await answer.read()
-                    code = answer.status
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                return self._failed(due, None, _describe(exc))
+        # Signed with the wall clock: a receiver checks the timestamp against its own.
+        headers = events.headers(due.secret, msg_id=due.event_id, body=body, now=utcnow())
+        try:
+            check_host(urlsplit(due.url).hostname or "", allow_private=self._private)
+            async with session.post(
+                due.url, data=body, headers=headers, allow_redirects=False
+            ) as answer:
+                await answer.read()
+                code = answer.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return self._failed(due, None, _describe(exc))
         if 200 <= code < 300:
             return outbox.Delivered(due.id, due.attempt, code)
         return self._failed(due, code, f"HTTP {code}")
