@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    tuple_,
     update,
 )
 
@@ -221,17 +222,23 @@ def _message_data(r: Any) -> dict[str, Any]:
 
 
 def planned(
-    conn: Connection, *, org_ids: Iterable[int], created_at: datetime, now: datetime
+    conn: Connection, *, org_days: Mapping[int, date], created_at: datetime, now: datetime
 ) -> int:
     """Planning's rows that will never be tried (skipped: opted out, invalid number,
-    undeliverable …; failed: the template went past a bound), planned at ``created_at``:
-    one event each, once."""
+    undeliverable …; failed: the template went past a bound), planned at ``created_at`` for
+    these organizations' days: one event each, once. Nothing is read for organizations with
+    no endpoint wanting them."""
     made = 0
     never_tried = (("skipped", EventType.MESSAGE_SKIPPED), ("failed", EventType.MESSAGE_FAILED))
     for status, type_ in never_tried:
+        told = _endpoints(conn, org_days, type_)
+        if not told:
+            continue
         ids = conn.execute(
             select(Reminder.id).where(
-                Reminder.org_id.in_(sorted(set(org_ids))),
+                tuple_(Reminder.org_id, Reminder.local_date).in_(
+                    [(org_id, org_days[org_id]) for org_id in sorted(told)]
+                ),
                 Reminder.created_at == created_at,
                 Reminder.status == status,
             )

@@ -218,7 +218,8 @@ def plan_day(
         report.rendered += new.counts.get("pending", 0) if render else 0
         if new.counts.get("skipped") or new.counts.get("failed"):
             # Rows that will never be tried are told now, in the page's transaction.
-            outbox.planned(conn, org_ids=list(orgs), created_at=now, now=now)
+            days = {d.org_id: d.local_date for d in org_days}
+            outbox.planned(conn, org_days=days, created_at=now, now=now)
         if on_page is None:
             continue
         # Statistics when the ledger has doubled since they were last taken: the pages'
