@@ -22,6 +22,7 @@ from sqlalchemy import (
     Connection,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     literal,
@@ -512,6 +513,27 @@ def replay(
         .values(status=PENDING, first_due_at=now, next_attempt_at=now, delivered_at=None)
     )
     return result.rowcount or 0
+
+
+def purge(conn: Connection, *, before: datetime, limit: int) -> int:
+    """Events made before ``before`` with nothing left to deliver, and their deliveries: up to
+    ``limit`` events; how many went. A pending one stays whatever its age."""
+    waiting = select(EventDelivery.id).where(
+        EventDelivery.event_pk == Event.id, EventDelivery.status == PENDING
+    )
+    pick = [
+        pk
+        for pk in conn.execute(
+            select(Event.id)
+            .where(Event.created_at < before, ~waiting.exists())
+            .order_by(Event.id)
+            .limit(limit)
+        ).scalars()
+    ]
+    if not pick:
+        return 0
+    conn.execute(delete(EventDelivery).where(EventDelivery.event_pk.in_(pick)))
+    return conn.execute(delete(Event).where(Event.id.in_(pick))).rowcount or 0
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -320,7 +320,8 @@ def retry_waits(
 
 
 def cleanup(engine: Engine, *, now: datetime, retention_days: int, chunk: int = 10_000) -> int:
-    """Delete ledger rows (and daily runs) older than the retention period; return how many.
+    """Delete ledger rows (and daily runs, and events no longer to be delivered) older than the
+    retention period; return how many ledger rows.
 
     A row goes only when both its planning and its subscription's expiry are older than the
     retention: a row whose expiry is still ahead must stay, or planning would insert it again
@@ -343,4 +344,10 @@ def cleanup(engine: Engine, *, now: datetime, retention_days: int, chunk: int = 
             break
     with engine.begin() as conn:
         conn.execute(delete(DailyRun).where(DailyRun.local_date < cutoff_date))
+    # Events told (or dead, or cancelled) that long ago go too; a pending one stays.
+    while True:
+        with engine.begin() as conn:
+            n = outbox.purge(conn, before=cutoff, limit=chunk)
+        if n < chunk:
+            break
     return removed

@@ -252,3 +252,28 @@ def test_a_day_completed_is_told_with_the_days_counts_once(engine: Engine, hook:
     assert event["data"]["date"] == "2026-12-06" and event["data"]["counts"] == {}
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Reminder)).scalar_one() == 0
+
+
+def test_cleanup_drops_events_told_long_ago_and_keeps_those_still_to_deliver(
+    engine: Engine, hook: Receiver
+) -> None:
+    org = _org(engine)
+    _endpoint(engine, hook.url)
+    with engine.begin() as conn:
+        ledger.add_opt_out(conn, org_id=org, phone_e164="+14155550141", source="cli", now=utcnow())
+    deliver_due(engine, SETTINGS)  # told
+    hook.fail_for(3600)
+    with engine.begin() as conn:
+        ledger.add_opt_out(conn, org_id=org, phone_e164="+14155550142", source="cli", now=utcnow())
+    deliver_due(engine, SETTINGS)  # failed: pending, retried later
+
+    def left() -> list[str]:
+        with engine.connect() as conn:
+            return sorted(conn.execute(select(EventDelivery.status)).scalars())
+
+    dispatch.cleanup(engine, now=utcnow(), retention_days=1)
+    assert left() == ["delivered", "pending"]  # nothing old enough yet
+    dispatch.cleanup(engine, now=utcnow() + timedelta(days=2), retention_days=1)
+    assert left() == ["pending"]
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Event)).scalar_one() == 1
