@@ -85,12 +85,13 @@ def test_add_list_remove_round_trip(db: Engine, acme: str, cli: Cli, host: Recei
     [
         ("ftp://example.com/hook", (), PRIVATE, "error: url: expected an http:// or https://"),
         ("https://", (), PRIVATE, "error: url: expected an http:// or https://"),
+        ("http://a..b/x", (), {}, "error: url: bad host name in 'http://a..b/x'"),
         ("http://127.0.0.1:9/x", ("--events", "message.sent,sms.read"), PRIVATE, "'sms.read'"),
         ("http://127.0.0.1:9/x", (), {}, "127.0.0.1 is a loopback or private address"),
         ("http://[::1]:9/x", (), {}, "::1 is a loopback or private address"),
         ("http://10.1.2.3/x", (), {"EVENTS_ALLOW_PRIVATE": "0"}, "EVENTS_ALLOW_PRIVATE=0"),
     ],
-    ids=["scheme", "no-host", "unknown-type", "loopback", "loopback-v6", "private"],
+    ids=["scheme", "no-host", "empty-label", "unknown-type", "loopback", "loopback-v6", "private"],
 )
 def test_a_refused_endpoint_is_one_line_and_stores_nothing(
     db: Engine, acme: str, cli: Cli, url: str, args: tuple[str, ...], env: dict[str, str], said: str
