@@ -24,9 +24,15 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from app.cli import api_commands, run_commands, send_test_commands, setup_commands
+    from app.cli import (
+        api_commands,
+        event_commands,
+        run_commands,
+        send_test_commands,
+        setup_commands,
+    )
 
-    for module in (setup_commands, run_commands, send_test_commands, api_commands):
+    for module in (setup_commands, run_commands, send_test_commands, api_commands, event_commands):
         for command in module.COMMANDS:
             cli.add_command(command)
     try:

@@ -151,6 +151,14 @@ def check_url(url: str) -> str:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
         raise ValueError(f"bad port in {url!r}") from None
+    # A name no resolver can take (an empty or over-long label, a control character) is
+    # refused here, in one line, rather than deep in getaddrinfo or at every delivery.
+    try:
+        if not parts.hostname.isprintable() or " " in parts.hostname:
+            raise UnicodeError
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"bad host name in {url!r}") from None
     return value
 
 

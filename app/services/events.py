@@ -42,18 +42,22 @@ def add_endpoint(
     """Register where ``slug``'s events go; the secret they are signed with is made here and
     returned this once."""
     org = get_org(conn, slug)
+    # Each message names its input (``--events`` reads as ``events`` over HTTP).
     try:
         url = events.check_url(url)
+    except ValueError as exc:
+        raise ValidationError(f"url: {exc}") from None
+    try:
         wanted = events.parse_types(types)
     except ValueError as exc:
-        raise ValidationError(str(exc)) from None
+        raise ValidationError(f"--events: {exc}") from None
     host = urlsplit(url).hostname or ""
     if not settings.events_allow_private:
         try:
             check_host(host, allow_private=False)
             resolve_public(host)
         except RefusedAddress as exc:
-            raise ValidationError(f"endpoint URL: {exc}") from None
+            raise ValidationError(f"url: {exc}") from None
     secret = events.new_secret()
     new_id = conn.execute(
         insert(EventEndpoint)
@@ -145,11 +149,11 @@ def replay(
         raise ValidationError(f"status: expected one of {', '.join(STATUSES)}, got {bad[0]!r}")
     org_id = get_org(conn, slug).id if slug is not None else None
     if event_ids:
-        known = set(
-            conn.execute(
-                select(Event.event_id).where(Event.event_id.in_(list(event_ids)))
-            ).scalars()
-        )
+        # Another organization's event is as unknown as a missing one.
+        stmt = select(Event.event_id).where(Event.event_id.in_(list(event_ids)))
+        if org_id is not None:
+            stmt = stmt.where(Event.org_id == org_id)
+        known = set(conn.execute(stmt).scalars())
         missing = [e for e in event_ids if e not in known]
         if missing:
             raise NotFoundError(f"no event {missing[0]}; see reminders events list")

@@ -28,6 +28,7 @@ VALUES = {
     "message_id": "1",
     "phone": "+12025550100",
     "task_id": TASK_ID,
+    "endpoint_id": "1",
 }
 #: Routes outside /v1 and why they need no key.
 PUBLIC = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.v1 import ledger, orgs, runs, subscriptions, templates
+from app.api.v1 import events, ledger, orgs, runs, subscriptions, templates
 
 ROUTERS: list[APIRouter] = [
     orgs.router,
@@ -12,4 +12,5 @@ ROUTERS: list[APIRouter] = [
     subscriptions.router,
     ledger.router,
     runs.router,
+    events.router,
 ]
