@@ -11,6 +11,7 @@ from app.db.session import get_engine
 from app.domain.planning import utcnow
 from app.metrics import ledger as ledger_metrics
 from app.settings import Settings, get_settings
+from app.tasks.kick import EventsKick
 from app.webhook.signatures import Signatures, check_webhook_settings
 
 DESCRIPTION = """Feed the reminder service and read what it did.
@@ -47,3 +48,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout=settings.api_body_timeout_seconds,
     )
     return app
+
+
+def create_served_app() -> FastAPI:
+    """``reminders serve``'s app: the same, and a commit that wrote events (an inbound STOP,
+    an opt-out through the API) wakes their delivery at once when there is a broker to ask."""
+    settings = get_settings()
+    app = create_app(settings)
+    if settings.celery_broker_url or settings.redis_configured:
+        EventsKick(_send_delivery_task, background=True).install()
+    return app
+
+
+def _send_delivery_task(countdown: float) -> None:
+    from app.tasks.scheduler import app as celery
+
+    celery.send_task("app.tasks.scheduler.deliver_events", countdown=countdown)

@@ -37,7 +37,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def config(settings: Settings, *, host: str, port: int, workers: int) -> uvicorn.Config:
     return uvicorn.Config(
-        "app.api.app:create_app",
+        "app.api.app:create_served_app",
         factory=True,
         host=host,
         port=port,

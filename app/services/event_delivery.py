@@ -54,8 +54,9 @@ def resolve_public(host: str) -> list[str]:
     """Every address ``host`` resolves to, refused if one of them is not public."""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError as exc:
-        raise RefusedAddress(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name no resolver can take
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RefusedAddress(f"cannot resolve {host}: {reason}") from None
     addresses = sorted({str(info[4][0]) for info in infos})
     for address in addresses:
         if events.private_address(address):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import date, datetime, timedelta
@@ -18,7 +17,6 @@ from typing import Any, NoReturn
 import click
 from celery import Celery, bootsteps, signals
 from sqlalchemy import Connection, Engine
-from sqlalchemy import event as sa_event
 
 from app.config import celery_config
 from app.db import early_receipts, ledger, outbox
@@ -32,6 +30,7 @@ from app.services.runner import preview_plan, split_by_date
 from app.services.sender import Busy, SendReport
 from app.settings import get_settings
 from app.tasks import runtime
+from app.tasks.kick import EventsKick
 
 log = logging.getLogger("app.tasks")
 
@@ -426,30 +425,9 @@ def deliver_events() -> dict[str, int]:
     return {"delivered": report.delivered, "retrying": report.retrying, "dead": report.dead}
 
 
-#: A process kicks the delivery task at most this often (seconds).
-EVENTS_KICK_SECONDS = 1.0
-_last_kick = 0.0
-
-
-def _kick_events(conn: Connection) -> None:
-    """After a commit that wrote events, the delivery task comes (soon, not at the next tick).
-    The commit event fires just before the database's commit: the task is sent with a short
-    countdown, and a task too early finds nothing and leaves the events to the next."""
-    global _last_kick
-    if not conn.info.pop(outbox.WRITTEN, False):
-        return
-    moment = time.monotonic()
-    if moment - _last_kick < EVENTS_KICK_SECONDS:
-        return
-    _last_kick = moment
-    try:
-        deliver_events.apply_async(countdown=EVENTS_KICK_SECONDS)
-    except Exception as exc:  # noqa: BLE001 - beat's tick delivers them anyway
-        log.warning("events: could not enqueue delivery (%s); the next tick delivers", exc)
-
-
-def _listen_for_events(**_: Any) -> None:
-    sa_event.listen(Engine, "commit", _kick_events)
+def _listen_for_events(**_: object) -> None:
+    """Forked pool processes inherit the hook: their commits that wrote events wake this."""
+    EventsKick(lambda countdown: deliver_events.apply_async(countdown=countdown)).install()
 
 
 signals.worker_init.connect(_listen_for_events)

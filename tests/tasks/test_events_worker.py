@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import requests
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
@@ -15,10 +16,12 @@ from app.db import ledger
 from app.db.models import Event, EventDelivery
 from app.domain.planning import utcnow
 from app.services import events as event_service
+from app.services.api_keys import create_key
 from app.settings import Settings
 from app.tasks.client import enqueue_day
 from tests.event_receiver import receiver
 from tests.factories import make_org
+from tests.serving import serve
 from tests.tasks.support import beat, seed_due, status_counts, wait_for, worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -114,3 +117,29 @@ def test_a_worker_killed_mid_delivery_loses_no_event(
     with pg_engine.connect() as conn:
         retried = conn.execute(select(func.count()).where(EventDelivery.attempts > 1)).scalar_one()
     assert retried > 0, "no delivery was in flight at the kill: the test proves nothing"
+
+
+@pytest.mark.timeout(180)
+def test_an_opt_out_through_the_api_reaches_the_host_within_seconds_without_waiting_for_beat(
+    pg_engine: Engine, celery_app: Celery, env: dict[str, str], tmp_path: Path
+) -> None:
+    make_org(pg_engine, "acme", now=utcnow(), send_window="00:00-00:00")
+    with pg_engine.begin() as conn:
+        _, key = create_key(conn, slug="acme", name="host", admin=False, now=utcnow())
+    env.update(EVENTS_ALLOW_PRIVATE="1")  # REMINDER_TICK_SECONDS stays 60: no beat runs anyway
+    with receiver() as hook:
+        secret = _endpoint(pg_engine, hook.url, "optout.created")
+        with worker(env, tmp_path), serve(env, tmp_path) as api:
+            answer = requests.post(
+                f"{api.base}/v1/organizations/acme/opt-outs",
+                json={"phone": "+14155550199"},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+            started = time.monotonic()
+            wait_for(lambda: len(hook.events(secret)) == 1, timeout=30, what="optout.created")
+            took = time.monotonic() - started
+    (event,) = hook.events(secret).values()
+    assert event["data"]["phone"] == "+14155550199"
+    assert took < 10, f"{took:.1f} s: the API's commit did not wake the delivery"
