@@ -13,6 +13,7 @@ from app.cli.common import echo_json, engine, make_sender, now, parse_date
 from app.db.models import STATUSES
 from app.errors import ValidationError
 from app.services import dispatch, runner
+from app.services import events as event_service
 from app.services import orgs as org_service
 from app.services.send_test import sent_test_rows
 from app.services.sender import SendReport
@@ -237,6 +238,14 @@ def status_cmd(on_date: date | None, as_json: bool) -> None:
             f"circuit open for {account} since {since:%Y-%m-%d %H:%M:%S} UTC: the provider "
             "fails for every number; texts wait (pending, their retries kept) and one request "
             "at a time probes it"
+        )
+    with engine().connect() as conn:
+        waiting = event_service.delivery_counts(conn)
+    pending, dead = waiting.get("pending", 0), waiting.get("dead", 0)
+    if pending or dead:
+        click.echo(
+            f"events: {pending} waiting to be delivered, {dead} dead "
+            "(reminders events list --status dead; reminders events replay)"
         )
 
 

@@ -158,3 +158,8 @@ def replay(
         if missing:
             raise NotFoundError(f"no event {missing[0]}; see reminders events list")
     return outbox.replay(conn, now=now, org_id=org_id, event_ids=event_ids, statuses=statuses)
+
+
+def delivery_counts(conn: Connection, slug: str | None = None) -> dict[str, int]:
+    """Event deliveries per status (of one organization)."""
+    return outbox.counts(conn, org_id=get_org(conn, slug).id if slug is not None else None)

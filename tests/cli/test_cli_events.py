@@ -122,6 +122,7 @@ def test_a_dead_delivery_is_listed_replayed_and_delivered(
     line = cli.ok("events", "list", "--status", "dead").out.strip()
     assert line.startswith(event_id) and "dead" in line and "HTTP 500" in line
     assert cli.json("events", "list", "--status", "pending") == []
+    assert "events: 0 waiting to be delivered, 1 dead" in cli.ok("status").out
 
     host.fail_next = 0  # the host is back
     replayed = cli.ok("events", "replay", "--org", "acme")
@@ -129,6 +130,7 @@ def test_a_dead_delivery_is_listed_replayed_and_delivered(
     assert cli.ok("events", "deliver", env=DIES).out.strip() == "delivered 1, retrying 0, dead 0"
     assert list(host.events(secret)) == [event_id]  # verified with the printed secret
     assert cli.json("events", "list", "--status", "dead") == []
+    assert "events:" not in cli.ok("status").out
     [done] = cli.json("events", "list", "--status", "delivered")
     assert (done["event_id"], done["attempts"], done["last_status"]) == (event_id, 2, 200)
     assert done["delivered_at"] is not None
