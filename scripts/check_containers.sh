@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Static checks of the container setup; no Docker engine needed:
-#   hadolint on the Dockerfile; `docker-compose config -q` with and without the monitoring profile
+#   hadolint on the Dockerfiles; `docker-compose config -q` with and without the monitoring profile
 #   and with no .env at all; no password has a default; .env.example names every variable
-#   docker-compose.yml reads; shellcheck on every shell script in the repo.
-# Installs shellcheck and docker-compose from Debian's packages when they are missing (CI runs as root).
+#   docker-compose.yml reads; promtool on the Prometheus config and alert rules (and the rules'
+#   unit tests); shellcheck on every shell script in the repo.
+# Installs shellcheck, docker-compose and prometheus (for promtool) from Debian's packages when
+# they are missing (CI runs as root), without starting any service they bring.
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,12 +18,25 @@ check() { # label command...
   if "$@"; then echo "ok: $label"; else bad "$label"; fi
 }
 
-apt_install() { # command package
+apt_install() { # command package [service...]
+  # Tools only: no recommended packages, and no service the package brings is started, now
+  # (policy-rc.d, which invoke-rc.d and deb-systemd-invoke obey) or at the next boot (the
+  # services named are disabled under systemd). Debian's prometheus would otherwise serve :9090.
   command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing $2 (Debian package)"
+    local policy=/usr/sbin/policy-rc.d ours=0 ok=1
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1
+    fi
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null || ok=0
+    [ "$ours" = 0 ] || rm -f "$policy"
+    [ "$ok" = 1 ] || { echo "FAIL: apt-get install $2 failed" >&2; exit 1; }
+    if [ -d /run/systemd/system ]; then
+      local service
+      for service in "${@:3}"; do systemctl disable --now "$service" >/dev/null 2>&1 || true; done
+    fi
   fi
   command -v "$1" >/dev/null 2>&1 || { echo "FAIL: $1 is missing; install the $2 package" >&2; exit 1; }
 }
@@ -33,6 +48,7 @@ if [ ! -x "$hadolint" ]; then
   exit 1
 fi
 check "hadolint Dockerfile" "$hadolint" Dockerfile
+check "hadolint docker/prometheus/Dockerfile" "$hadolint" docker/prometheus/Dockerfile
 
 step "docker-compose config"
 if docker compose version >/dev/null 2>&1; then
@@ -74,6 +90,12 @@ while read -r var; do
   grep -q -E "^$var=" .env.example || { bad "docker-compose.yml reads $var; add it to .env.example"; missing=1; }
 done < <(grep -o -E '\$\{[A-Z_][A-Z0-9_]*' docker-compose.yml | cut -c3- | sort -u)
 [ "$missing" = 1 ] || echo ok
+
+step "promtool (Prometheus config, alert rules and their unit tests)"
+apt_install promtool prometheus prometheus
+check "promtool check config" promtool check config docker/prometheus/prometheus.yml
+check "promtool check rules" promtool check rules docker/prometheus/alerts.yml
+check "promtool test rules" promtool test rules docker/prometheus/alerts_test.yml
 
 step "shellcheck"
 apt_install shellcheck shellcheck

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -239,6 +240,8 @@ def stack_under_test(tmp_path: Path, *, passwords: bool = True) -> Iterator[Stac
                 f"WEBHOOK_BASE_URL=http://127.0.0.1:{port}",
                 "REMINDERS_IMAGE=reminders:e2e",
                 "REMINDERS_FLOWER_IMAGE=reminders-flower:e2e",
+                "REMINDERS_PROMETHEUS_IMAGE=reminders-prometheus:e2e",
+                f"PROMETHEUS_PORT={_free_port()}",
                 "",
             ]
         )
@@ -378,3 +381,70 @@ def test_first_start_generates_secrets_kept_by_down_and_gone_with_down_v(tmp_pat
         _wait("migrate to finish on fresh volumes", stack.migrate_done, 120)
         stack.wait_healthy(*APP_SERVICES)
         assert stack.secret("database_url") != first
+
+
+def _prometheus_api(stack: Stack, path: str, **params: str) -> Any:
+    """The data of one answer of the stack's Prometheus HTTP API, on its published port."""
+    port = int(stack.run("port", "prometheus", "9090").stdout.strip().rsplit(":", 1)[1])
+    url = f"http://127.0.0.1:{port}/api/v1/{path}?" + urllib.parse.urlencode(params)
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer = json.load(response)
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def _prometheus(stack: Stack, query: str) -> list[dict[str, Any]]:
+    """An instant query's result vector."""
+    result: list[dict[str, Any]] = _prometheus_api(stack, "query", query=query)["result"]
+    return result
+
+
+def test_monitoring_profile_scrapes_the_api_and_every_worker(tmp_path: Path) -> None:
+    """`--profile monitoring up -d prometheus` with two workers: Prometheus finds both through
+    the compose service's DNS name, reads their counters and the api's gauges, and has the
+    alert rules loaded with none firing on the healthy demo stack."""
+    with stack_under_test(tmp_path) as stack:
+        stack.timed("build", "--profile", "monitoring", "build", "prometheus", *APP_SERVICES)
+        stack.timed(
+            "up",
+            "--profile",
+            "monitoring",
+            "up",
+            "-d",
+            "--scale",
+            "celery_worker=2",
+            "prometheus",
+            *APP_SERVICES,
+        )
+        stack.wait_healthy(*APP_SERVICES, timeout=180)
+        assert len(stack.container_ids("celery_worker")) == 2
+        _wait("the demo's texts in the worker's log", stack.sms_lines, 120)
+        _wait(
+            "Prometheus to scrape two workers and the api",
+            lambda: (
+                sorted((r["metric"]["job"], r["value"][1]) for r in _prometheus(stack, "up"))
+                == [("reminders-api", "1"), ("reminders-worker", "1"), ("reminders-worker", "1")]
+            ),
+            90,
+        )
+        _wait(
+            "the workers' sent counter",
+            lambda: _prometheus(stack, 'sum(reminders_texts_total{outcome="sent"}) > 0'),
+            60,
+        )
+        rows = _prometheus(stack, 'sum(reminders_ledger_rows{organization="demo"})')
+        assert rows and float(rows[0]["value"][1]) > 0, rows
+        groups = _prometheus_api(stack, "rules", type="alert")["groups"]
+        alerts = sorted(rule["name"] for group in groups for rule in group["rules"])
+        assert alerts == [
+            "RemindersApiNotScraped",
+            "RemindersDayNotStarted",
+            "RemindersFailureRatioHigh",
+            "RemindersUnknownTooOld",
+            "RemindersWorkerNotScraped",
+        ]
+        # Healthy demo stack: nothing firing, and nothing pending once every target is seen
+        # (an `absent` worker before the first DNS lookup is pending for one evaluation).
+        _wait("no alert pending or firing", lambda: _prometheus(stack, "ALERTS") == [], 60)
+        # The image runs as its own user, not root.
+        assert stack.run("exec", "-T", "prometheus", "id", "-u").stdout.strip() == "990"

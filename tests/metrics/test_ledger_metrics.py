@@ -7,7 +7,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, insert, select, update
 
 from app.db.models import DailyRun, Organization, Reminder
@@ -15,26 +14,19 @@ from app.domain.status import Status
 from app.metrics import ledger as ledger_metrics
 from tests.factories import make_org
 from tests.ledger_rows import make_row
+from tests.metrics.exposition import Labels, Samples, labels, samples
 
 # 11:30 UTC on 10 March: 00:30 on the 11th in Auckland (NZDT, UTC+13).
 NOW = datetime(2030, 3, 10, 11, 30, tzinfo=UTC)
 ZONES = {"acme": "UTC", "kiwi": "Pacific/Auckland", "gone": "UTC"}
 
 
-def scrape(
-    engine: Engine, now: datetime = NOW
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of one scrape: (name, sorted labels) -> value."""
-    text = ledger_metrics.exposition(ledger_metrics.registry(engine, lambda: now)).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+def scrape(engine: Engine, now: datetime = NOW) -> Samples:
+    return samples(ledger_metrics.exposition(ledger_metrics.registry(engine, lambda: now)).decode())
 
 
-def org(slug: str) -> tuple[tuple[str, str], ...]:
-    return (("organization", slug),)
+def org(slug: str) -> Labels:
+    return labels(organization=slug)
 
 
 def today_of(slug: str) -> date:
@@ -142,12 +134,10 @@ def expected(engine: Engine, slug: str, org_id: int) -> dict[str, float]:
     return values
 
 
-def scraped(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], slug: str
-) -> dict[str, float]:
+def scraped(found: Samples, slug: str) -> dict[str, float]:
     got = {
-        f"rows:{s.value}": samples[
-            ("reminders_ledger_rows", (("organization", slug), ("status", s.value)))
+        f"rows:{s.value}": found[
+            ("reminders_ledger_rows", labels(organization=slug, status=s.value))
         ]
         for s in Status
     }
@@ -159,7 +149,7 @@ def scraped(
         ("unknown", "reminders_unknown_rows"),
         ("unknown_age", "reminders_unknown_oldest_age_seconds"),
     ):
-        got[key] = samples[(name, org(slug))]
+        got[key] = found[(name, org(slug))]
     return got
 
 
