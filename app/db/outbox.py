@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -604,6 +604,48 @@ def deliveries(
             view = replace(view, next_attempt_at=None)
         out.append((r[0], view))
     return out
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """One organization's deliveries not made: waiting (and since when the oldest was first
+    due) and dead."""
+
+    waiting: int = 0
+    waiting_since: datetime | None = None
+    dead: int = 0
+
+
+def backlogs(conn: Connection) -> dict[int, Backlog]:
+    """Per organization, its deliveries waiting and dead: one statement."""
+    stmt = (
+        select(
+            Event.org_id,
+            EventDelivery.status,
+            func.count(),
+            func.min(EventDelivery.first_due_at),
+        )
+        .join(Event, Event.id == EventDelivery.event_pk)
+        .where(EventDelivery.status.in_([PENDING, DEAD]))
+        .group_by(Event.org_id, EventDelivery.status)
+    )
+    out: dict[int, Backlog] = {}
+    for org_id, status, n, since in conn.execute(stmt):
+        old = out.get(org_id, Backlog())
+        if status == PENDING:
+            out[org_id] = Backlog(int(n), _aware(since), old.dead)
+        else:
+            out[org_id] = Backlog(old.waiting, old.waiting_since, int(n))
+    return out
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """An aggregate comes back without the column's type (SQLite: naive UTC text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def counts(conn: Connection, *, org_id: int | None = None) -> dict[str, int]:

@@ -1,5 +1,5 @@
-"""What the ledger says right now, for the API's gauges: two set-based statements however many
-organizations there are (one over organizations and their days, one over the ledger).
+"""What the ledger says right now, for the API's gauges: three set-based statements however
+many organizations there are (organizations and their days, the ledger, the events outbox).
 
 Read at scrape time, so a gauge is never staler than the scrape and no process has to keep
 counts in step with the ledger.
@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection, case, func, literal, or_, select, tuple_
 
+from app.db import outbox
 from app.db.models import DailyRun, Organization, Reminder
 from app.domain import planning
 from app.domain.status import Status
@@ -45,6 +46,7 @@ class Snapshot:
     orgs: list[OrgDay]
     today: dict[tuple[int, str], int]  # (organization id, status) -> rows of its today
     backlog: dict[int, Backlog]
+    events: dict[int, outbox.Backlog]  # event deliveries waiting and dead
 
 
 def read(conn: Connection, *, now: datetime) -> Snapshot:
@@ -81,7 +83,7 @@ def read(conn: Connection, *, now: datetime) -> Snapshot:
                 last_finished=_aware(row.finished),
             )
         )
-    return Snapshot(now, orgs, *_ledger(conn, orgs, now=now))
+    return Snapshot(now, orgs, *_ledger(conn, orgs, now=now), outbox.backlogs(conn))
 
 
 def _ledger(

@@ -1,7 +1,7 @@
 """The API's ``/metrics``: gauges computed from the ledger when Prometheus scrapes.
 
 A custom collector, not gauges kept up to date: every API process (and a restarted one) gives
-the same answer, the ledger's, at the cost of two queries per scrape.
+the same answer, the ledger's, at the cost of three queries per scrape.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from app.db import snapshot
+from app.db import outbox, snapshot
 from app.domain.status import Status
 
 ORG = ["organization"]
@@ -84,6 +84,26 @@ def families(snap: snapshot.Snapshot) -> Iterator[GaugeMetricFamily]:
         "Age of the oldest unknown row's attempt (0: none).",
         labels=ORG,
     )
+    events_waiting = GaugeMetricFamily(
+        "reminders_events_waiting",
+        "Event deliveries to the organization's endpoints not made yet (retrying included).",
+        labels=ORG,
+    )
+    events_age = GaugeMetricFamily(
+        "reminders_events_oldest_waiting_age_seconds",
+        "How long the oldest event delivery not made yet has been due (0: none).",
+        labels=ORG,
+    )
+    events_dead = GaugeMetricFamily(
+        "reminders_events_dead",
+        "Event deliveries given up after EVENTS_RETRY_SECONDS (reminders events replay).",
+        labels=ORG,
+    )
+    for org in sorted(snap.orgs, key=lambda o: o.slug):
+        told = snap.events.get(org.org_id, outbox.Backlog())
+        events_waiting.add_metric([org.slug], told.waiting)
+        events_age.add_metric([org.slug], _age(told.waiting_since, snap.at))
+        events_dead.add_metric([org.slug], told.dead)
     for org in sorted(snap.orgs, key=lambda o: o.slug):
         slug = [org.slug]
         back = snap.backlog.get(org.org_id, snapshot.Backlog())
@@ -99,6 +119,7 @@ def families(snap: snapshot.Snapshot) -> Iterator[GaugeMetricFamily]:
         unknown.add_metric(slug, back.unknown)
         unknown_age.add_metric(slug, _age(back.unknown_since, snap.at))
     yield from (rows, send_time, started, completed, due_age, unknown, unknown_age)
+    yield from (events_waiting, events_age, events_dead)
 
 
 def registry(engine: Engine, clock: Callable[[], datetime]) -> CollectorRegistry:

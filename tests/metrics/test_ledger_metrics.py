@@ -9,9 +9,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, func, insert, select, update
 
-from app.db.models import DailyRun, Organization, Reminder
+from app.db.models import DailyRun, Event, EventDelivery, Organization, Reminder
 from app.domain.status import Status
 from app.metrics import ledger as ledger_metrics
+from app.services import events as event_service
+from app.settings import Settings
 from tests.factories import make_org
 from tests.ledger_rows import make_row
 from tests.metrics.exposition import Labels, Samples, labels, samples
@@ -191,3 +193,54 @@ def test_an_empty_ledger_scrapes_zeros(pg_engine: Engine) -> None:
     assert samples[("reminders_day_started_timestamp_seconds", org("acme"))] == 0
     assert samples[("reminders_unknown_oldest_age_seconds", org("acme"))] == 0
     assert ("reminders_ledger_scrape_seconds", ()) in samples
+
+
+def test_event_deliveries_waiting_and_dead_are_counted_per_organization(engine: Engine) -> None:
+    """An operator's view of the outbox: what waits (and since when), what was given up."""
+    make_org(engine, "acme", now=NOW, send_window="00:00-00:00")
+    make_org(engine, "kiwi", now=NOW, send_window="00:00-00:00")
+    with engine.begin() as conn:
+        endpoint = event_service.add_endpoint(
+            conn,
+            "acme",
+            "http://127.0.0.1:9/x",
+            types=None,
+            settings=Settings(events_allow_private=True),
+            now=NOW,
+        ).id
+        org_id = conn.execute(select(Organization.id).where(Organization.slug == "acme")).scalar()
+        for i, (status, due) in enumerate(
+            (
+                ("pending", NOW - timedelta(minutes=25)),
+                ("pending", NOW),
+                ("dead", NOW),
+                ("delivered", NOW - timedelta(hours=3)),
+            )
+        ):
+            pk = conn.execute(
+                insert(Event)
+                .values(
+                    event_id=f"evt_{i}",
+                    org_id=org_id,
+                    type="optout.created",
+                    payload="{}",
+                    created_at=due,
+                )
+                .returning(Event.id)
+            ).scalar_one()
+            conn.execute(
+                insert(EventDelivery).values(
+                    event_pk=pk,
+                    endpoint_id=endpoint,
+                    status=status,
+                    attempts=1,
+                    first_due_at=due,
+                    next_attempt_at=due,
+                )
+            )
+    found = scrape(engine)
+    assert found[("reminders_events_waiting", org("acme"))] == 2
+    assert found[("reminders_events_oldest_waiting_age_seconds", org("acme"))] == 25 * 60
+    assert found[("reminders_events_dead", org("acme"))] == 1
+    assert found[("reminders_events_waiting", org("kiwi"))] == 0
+    assert found[("reminders_events_oldest_waiting_age_seconds", org("kiwi"))] == 0
