@@ -247,3 +247,40 @@ def test_a_template_the_save_accepts_hits_no_bound_on_the_branches_the_sample_sk
     except TemplateProblem:
         return
     _send(source)  # raises TemplateRefused if a branch the sample skipped hits a bound
+
+
+def test_a_busy_machine_does_not_make_an_ordinary_template_run_out_of_time() -> None:
+    """The budget counts the rendering thread's CPU, not the wall clock: threads holding the
+    GIL (a busy worker, a loaded machine) stretch a render's wall time far past the budget,
+    and not one text may fail for that."""
+    import sys
+    import threading
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    source = (
+        "Hi {{ customer.name }}, {{ organization.name }}: {{ days_left }} days left."
+        "{% for i in range(60) %}{% if i > 99 %}{{ i }}{% endif %}{% endfor %}"
+    )
+    spinners = [threading.Thread(target=spin) for _ in range(4)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.01)  # each spinner holds the GIL 10 ms at a time
+    for t in spinners:
+        t.start()
+    try:
+        walls = []
+        for _ in range(300):
+            started = time.monotonic()
+            body, fallback = _send(source, budget_ms=5.0)
+            walls.append(time.monotonic() - started)
+            assert fallback is None and body.startswith("Hi Bob Real")
+    finally:
+        stop.set()
+        for t in spinners:
+            t.join()
+        sys.setswitchinterval(old)
+    assert max(walls) > 0.005, "the renders never waited: the test proves nothing"
