@@ -35,6 +35,7 @@ class Receiver:
         self.fail_until = 0.0  # monotonic time before which every request gets 500
         self.fail_next = 0  # this many more requests get 500
         self.delay = 0.0  # seconds each answer takes
+        self.started = 0  # requests whose body was read (answered or not yet)
         self._lock = threading.Lock()
         receiver = self
 
@@ -42,6 +43,8 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
+                with receiver._lock:
+                    receiver.started += 1
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 with receiver._lock:

@@ -32,7 +32,7 @@ TIME_LIMITS = {
     "sweep": (240, 300),
     "reconcile": (600, 660),
     "cleanup": (1800, 1900),
-    "events": (60, 90),
+    "events": (30, 60),
 }
 
 #: Send batches wait in one queue; the beat tasks and daily runs in another, so a backlog of a

@@ -10,10 +10,13 @@ inward is refused then too. Redirects are not followed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import logging
+import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +29,17 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from sqlalchemy import Engine
 
+from app.aioloop import LoopThread
 from app.db import outbox
 from app.domain import events
 from app.domain.planning import utcnow
 from app.settings import Settings
 
 log = logging.getLogger("app.events")
+
+
+#: After the first answer of a round, how long to wait for more before writing them together.
+GATHER_SECONDS = 0.02
 
 
 class RefusedAddress(OSError):
@@ -152,42 +160,51 @@ class Deliverer:
             timeout=timeout, connector=connector, headers={"user-agent": "reminders-events/1"}
         ) as session:
             flying: set[asyncio.Task[outbox.Result]] = set()
+            results: list[outbox.Result] = []
             more = True  # the last claim filled every free slot: there may be more due
             while True:
-                if more and len(flying) < room and time.monotonic() < deadline:
-                    # A request slot is free: claim only what can go at once, so a claim's
-                    # lease runs while its own request does, never while it waits.
-                    free = room - len(flying)
-                    due = await asyncio.to_thread(self._claim, free)
-                    more = len(due) == free
-                    flying.update(asyncio.create_task(self._post(session, d)) for d in due)
+                free = room - len(flying)
+                # Claim only what can go at once, so a claim's lease runs while its own
+                # request does, never while it waits for a slot.
+                claim = free if more and free > 0 and time.monotonic() < deadline else 0
+                if results or claim:
+                    due = await asyncio.to_thread(self._settle, results, claim)
+                    report.add(results)
+                    results = []
+                    if claim:
+                        more = len(due) == claim
+                        flying.update(asyncio.create_task(self._post(session, d)) for d in due)
                 if not flying:
                     break
                 done, flying = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                if flying:  # answers close together are written together
+                    later, flying = await asyncio.wait(flying, timeout=GATHER_SECONDS)
+                    done |= later
                 results = [t.result() for t in done]
-                await asyncio.to_thread(self._record, results)
-                report.add(results)
                 more = more or time.monotonic() < deadline
         return report
 
-    def _claim(self, limit: int) -> list[outbox.Due]:
+    def _settle(self, results: list[outbox.Result], claim: int) -> list[outbox.Due]:
+        """One transaction: the answers that came back, and the next claim for the slots free."""
         now = self.clock()
         with self.engine.begin() as conn:
-            return outbox.claim_due(
-                conn,
-                now=now,
-                lease_until=now + timedelta(seconds=self.lease_seconds),
-                limit=limit,
+            outbox.record(conn, results, now=now)
+            due = (
+                outbox.claim_due(
+                    conn,
+                    now=now,
+                    lease_until=now + timedelta(seconds=self.lease_seconds),
+                    limit=claim,
+                )
+                if claim
+                else []
             )
-
-    def _record(self, results: list[outbox.Result]) -> None:
-        with self.engine.begin() as conn:
-            outbox.record(conn, results, now=self.clock())
         for r in results:
             if isinstance(r, outbox.NotDelivered) and r.retry_at is None:
                 log.warning(
                     "event delivery %d dead after %d attempts: %s", r.id, r.attempt, r.error
                 )
+        return due
 
     async def _post(self, session: aiohttp.ClientSession, due: outbox.Due) -> outbox.Result:
         body = due.payload.encode()
@@ -225,6 +242,87 @@ class Deliverer:
             )
             retry_at = now + timedelta(seconds=delay)
         return outbox.NotDelivered(due.id, due.attempt, code, error, retry_at)
+
+
+class Background:
+    """A worker process's delivery, on an event loop thread of its own ("events-io"): the
+    Celery task only wakes it and returns, so no pool process is ever held by an endpoint,
+    however slow, and sending and beat's tasks keep every process. It delivers what is due,
+    then waits on its own for what comes due within a tick (a retry's backoff), and stops
+    when nothing does; the next wake (a commit that wrote events, beat's tick) starts it
+    again."""
+
+    #: One pass's claims stop after this long, to look again at what else is due.
+    PASS_SECONDS = 30.0
+    #: How often a wait for the next due delivery looks whether it was woken meanwhile.
+    POLL_SECONDS = 0.25
+
+    def __init__(self) -> None:
+        self._loop = LoopThread("events-io")
+        self._lock = threading.Lock()
+        self._running_in = 0  # the pid whose loop is delivering (0: none)
+        self._again = False
+
+    def wake(self, engine: Engine, settings: Settings) -> bool:
+        """Start delivering in this process unless it already is (then it looks again before
+        it stops). True if this call started it."""
+        with self._lock:
+            if self._running_in == os.getpid():
+                self._again = True
+                return False
+            self._running_in, self._again = os.getpid(), False
+        running = self._loop.submit(self._drive(engine, settings))
+        running.add_done_callback(self._ended)
+        return True
+
+    def _ended(self, done: concurrent.futures.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error(
+                "events: delivery stopped (%r); the next tick starts it again", done.exception()
+            )
+        with self._lock:
+            self._running_in = 0
+
+    async def _drive(self, engine: Engine, settings: Settings) -> None:
+        deliverer = Deliverer(engine, settings)
+        while True:
+            report = await deliverer._run(self.PASS_SECONDS)
+            if report.tried:
+                log.info(
+                    "events: delivered=%d retrying=%d dead=%d",
+                    report.delivered,
+                    report.retrying,
+                    report.dead,
+                )
+            wait = await asyncio.to_thread(_due_in, engine)
+            while True:
+                with self._lock:
+                    if self._again:
+                        self._again = False
+                        break
+                    if wait is None or wait >= settings.tick_seconds:
+                        self._running_in = 0  # a wake from now on starts a new one
+                        return
+                if wait <= 0:
+                    break
+                step = min(wait, self.POLL_SECONDS)
+                await asyncio.sleep(step)
+                wait -= step
+
+
+def _due_in(engine: Engine) -> float | None:
+    """Seconds until the next pending delivery is due (None: none is)."""
+    with engine.connect() as conn:
+        due = outbox.next_due(conn)
+    return None if due is None else (due - utcnow()).total_seconds()
+
+
+_background = Background()
+
+
+def background() -> Background:
+    """This process's background delivery."""
+    return _background
 
 
 def _describe(exc: BaseException) -> str:

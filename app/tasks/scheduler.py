@@ -19,7 +19,7 @@ from celery import Celery, bootsteps, signals
 from sqlalchemy import Connection, Engine
 
 from app.config import celery_config
-from app.db import early_receipts, ledger, outbox
+from app.db import early_receipts, ledger
 from app.domain.planning import utcnow
 from app.errors import ConfigError
 from app.metrics import worker as worker_metrics
@@ -395,34 +395,14 @@ def reconcile_unknown(safe_delay_seconds: float | None = None) -> dict[str, int]
     return report.as_dict()
 
 
-#: Seconds a delivery task claims for; what is in flight then finishes (EVENTS_TIMEOUT_SECONDS
-#: at most) and the rest goes to its successor: a pool process is never held for long,
-#: whatever the endpoints do, so beat's tasks always find one within a tick.
-EVENTS_BUDGET_SECONDS = 5.0
-
-
 @_task(name="app.tasks.scheduler.deliver_events", **_limits("events"))
-def deliver_events() -> dict[str, int]:
-    """Beat, every tick, and after each commit that wrote events: deliver the due ones; come
-    back soon while some are due within a tick (a retry's short backoff, the budget spent)."""
+def deliver_events() -> bool:
+    """Beat, every tick, and after each commit that wrote events: wake this process's event
+    delivery, which runs on a loop thread of its own (app.services.event_delivery.Background)
+    so the pool process is free again at once, whatever the endpoints do. True if it started
+    one (False: it was already delivering, and looks again before it stops)."""
     rt = runtime.current()
-    report = event_delivery.deliver_due(
-        rt.engine, rt.settings, budget_seconds=EVENTS_BUDGET_SECONDS
-    )
-    if report.tried:
-        log.info(
-            "events: delivered=%d retrying=%d dead=%d",
-            report.delivered,
-            report.retrying,
-            report.dead,
-        )
-        with rt.engine.connect() as conn:
-            due = outbox.next_due(conn)
-        if due is not None:
-            wait = max(0.0, (due - utcnow()).total_seconds())
-            if wait < rt.settings.tick_seconds:
-                deliver_events.apply_async(countdown=wait)
-    return {"delivered": report.delivered, "retrying": report.retrying, "dead": report.dead}
+    return event_delivery.background().wake(rt.engine, rt.settings)
 
 
 def _listen_for_events(**_: object) -> None:
