@@ -285,12 +285,14 @@ def start_celery(
 
 
 def start_worker(
-    root: Path, env: dict[str, str], log: Path, processes: int
+    root: Path, env: dict[str, str], log: Path, processes: int, queues: str | None = None
 ) -> subprocess.Popen[bytes]:
-    """The production worker command; returns once it reported ready (its heartbeat file)."""
+    """The production worker command (``queues``: only those, ``-Q``); returns once it reported
+    ready (its heartbeat file)."""
     heartbeat = Path(env["WORKER_HEARTBEAT_FILE"])
     heartbeat.unlink(missing_ok=True)
     argv = ["worker", "--pool", "prefork", "-c", str(processes), "-l", "INFO"]
+    argv += ["-Q", queues] if queues else []
     worker = start_celery(root, [*argv, "--without-gossip", "--without-mingle"], env, log)
     while not heartbeat.exists():
         if worker.poll() is not None:
@@ -693,6 +695,11 @@ def print_block(f: dict[str, Any], *, twilio: bool, kill: bool) -> None:
     lines += [
         f"CPU ms/text    worker {f['cpu_ms_worker']:.2f}"
         + (f" (+ beat {f['cpu_ms_beat']:.2f})" if f["cpu_ms_beat"] else "")
+        + (
+            f" (+ events worker {f['cpu_ms_events_worker']:.2f})"
+            if f["cpu_ms_events_worker"]
+            else ""
+        )
         + f"  postgres {f['cpu_ms_postgres']:.2f} (this database's backends"
         f" {f['cpu_ms_postgres_db']:.2f})  redis {f['cpu_ms_redis']:.2f}"
         + (f"  fake {f['cpu_ms_fake']:.2f}" if twilio else "")
@@ -791,6 +798,12 @@ def parse_args() -> argparse.Namespace:
         "--events-delay-ms", type=float, default=0.0, help="--events: the sink's answer time"
     )
     parser.add_argument(
+        "--events-worker",
+        action="store_true",
+        help="--events: a worker of one process for the events queue only (-Q), the day's worker"
+        " for the others",
+    )
+    parser.add_argument(
         "--root",
         type=Path,
         default=DEFAULT_ROOT,
@@ -802,6 +815,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.kill_after and not 0 < args.kill_after < args.texts:
         parser.error("--kill-after must be between 1 and --texts - 1")
+    if args.events_worker and not args.events:
+        parser.error("--events-worker needs --events")
     args.root = args.root.resolve()
     if not (args.root / "app" / "tasks" / "scheduler.py").exists():
         parser.error(f"--root {args.root} is not a checkout of this project")
@@ -841,6 +856,11 @@ class Day(Scratch):
         self.beat: subprocess.Popen[bytes] | None = None
         self.fake: subprocess.Popen[bytes] | None = None
         self.sink: subprocess.Popen[bytes] | None = None
+        # --events-worker: the events queue has a worker of its own; the day's, the others.
+        self.events_worker: subprocess.Popen[bytes] | None = None
+        from app.config.celery_config import CONTROL_QUEUE, SEND_QUEUE
+
+        self.queues = f"{SEND_QUEUE},{CONTROL_QUEUE}" if args.events_worker else None
         self.sink_url = ""
         self.sink_record = self.tmp / "events.jsonl"
         self.secrets: dict[str, str] = {}  # the sink's URL path -> that endpoint's secret
@@ -915,7 +935,15 @@ class Day(Scratch):
         )
         if args.events:
             self.add_endpoints(slugs)
-        self.workers.append(start_worker(self.root, self.env, self.logs[0], args.processes))
+        self.workers.append(
+            start_worker(self.root, self.env, self.logs[0], args.processes, self.queues)
+        )
+        if args.events_worker:
+            env = {**self.env, "WORKER_HEARTBEAT_FILE": str(self.tmp / "events.heartbeat")}
+            log = self.tmp / "events_worker.log"
+            from app.config.celery_config import EVENTS_QUEUE
+
+            self.events_worker = start_worker(self.root, env, log, 1, EVENTS_QUEUE)
         if args.beat:
             self.start_beat(self.env)
         return slugs
@@ -933,7 +961,8 @@ class Day(Scratch):
         self.beat = start_celery(self.root, ["beat", "-l", "INFO"], env, self.beat_log)
 
     def processes(self) -> list[subprocess.Popen[bytes]]:
-        return [*self.workers, *([self.beat] if self.beat else [])]
+        others = [p for p in (self.beat, self.events_worker) if p is not None]
+        return [*self.workers, *others]
 
     def kill_and_recover(self, watch: Watch, backends: DatabaseBackends, cpu_before: float) -> None:
         """SIGKILL the worker with its pool children, as a container is killed; start a fresh
@@ -950,7 +979,9 @@ class Day(Scratch):
         if self.beat is None:
             self.start_beat(recover)
         self.logs.append(self.tmp / "worker2.log")
-        self.workers.append(start_worker(self.root, recover, self.logs[-1], self.args.processes))
+        self.workers.append(
+            start_worker(self.root, recover, self.logs[-1], self.args.processes, self.queues)
+        )
 
     def provider_has(self, n: int) -> bool:
         if self.twilio:
@@ -1242,6 +1273,8 @@ def main() -> None:
         before = read_counters(day.admin, rconn, fake_pid)
         worker_before = tree_cpu_seconds(day.workers[0].pid)
         beat_before = tree_cpu_seconds(day.beat.pid) if day.beat else 0.0
+        events_worker = day.events_worker.pid if day.events_worker else 0
+        events_before = tree_cpu_seconds(events_worker) if events_worker else 0.0
         watch = Watch()
         start = time.monotonic()
         enqueue_day(on_date=None, org_slugs=slugs)
@@ -1258,6 +1291,7 @@ def main() -> None:
         after = read_counters(day.admin, rconn, fake_pid)
         worker_cpu = watch.dead_cpu + tree_cpu_seconds(day.workers[-1].pid) - worker_before
         beat_cpu = tree_cpu_seconds(day.beat.pid) - beat_before if day.beat else 0.0
+        events_cpu = tree_cpu_seconds(events_worker) - events_before if events_worker else 0.0
         send_span, statuses, segments_of = ledger.summary()
         # Stopped workers' backends flush their counters as they exit.
         day.stop_processes()
@@ -1292,6 +1326,7 @@ def main() -> None:
         )
         f["cpu_ms_worker"] = per(worker_cpu * 1000, f["sent"])
         f["cpu_ms_beat"] = per(beat_cpu * 1000, f["sent"])
+        f["cpu_ms_events_worker"] = per(events_cpu * 1000, f["sent"])
         f["cpu_ms_postgres_db"] = per(backends.seconds() * 1000, f["sent"])
         f["worker_peak_mb"] = watch.peak_mb
         if args.events:
@@ -1312,7 +1347,8 @@ def main() -> None:
         ok = ok and f.get("events_ok", True)
         f["ok"] = ok
         parts = ("bench", "fake", "postgres", "redis")
-        ours = worker_cpu + beat_cpu + sum(getattr(after, k) - getattr(before, k) for k in parts)
+        ours = worker_cpu + beat_cpu + events_cpu
+        ours += sum(getattr(after, k) - getattr(before, k) for k in parts)
         outside = after.busy - before.busy - ours
         f["cpu_ms_outside"] = per(outside * 1000, f["sent"])
         print_block(f, twilio=day.twilio, kill=bool(day.kill_after))
