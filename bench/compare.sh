@@ -8,10 +8,15 @@
 #
 # Both trees are measured by this tree's bench (send_day.py --root), so a flag the old bench
 # lacks still works; each run imports, migrates and starts the workers of its own tree.
+#
+# REF may instead be --flag='ARGS': this tree without ARGS (before) and with them (after), e.g.
+# what outbound events cost a day:
+#
+#   bench/compare.sh --flag=--events 3 -- --provider twilio --texts 20000 --beat
 set -o errexit -o pipefail -o nounset
 
 usage() {
-    echo "usage: bench/compare.sh REF [RUNS] [-- send_day.py args]" >&2
+    echo "usage: bench/compare.sh REF|--flag='ARGS' [RUNS] [-- send_day.py args]" >&2
     exit 2
 }
 
@@ -32,15 +37,20 @@ fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-$here/.venv/bin/python}
 out=$(mktemp -d "${TMPDIR:-/tmp}/compare.XXXXXX")
-tree=$out/ref
-
-cleanup() {
-    git -C "$here" worktree remove --force "$tree" 2>/dev/null || true
-}
-trap cleanup EXIT
-
-git -C "$here" worktree add --quiet --detach "$tree" "$ref"
-echo "before: $ref ($(git -C "$tree" rev-parse --short HEAD)); after: $here (working tree)"
+flags=()
+if [[ $ref == --flag=* ]]; then
+    read -r -a flags <<<"${ref#--flag=}"
+    tree=$here
+    echo "before: $here; after: the same with ${flags[*]}"
+else
+    tree=$out/ref
+    cleanup() {
+        git -C "$here" worktree remove --force "$tree" 2>/dev/null || true
+    }
+    trap cleanup EXIT
+    git -C "$here" worktree add --quiet --detach "$tree" "$ref"
+    echo "before: $ref ($(git -C "$tree" rev-parse --short HEAD)); after: $here (working tree)"
+fi
 echo "logs: $out"
 
 # One run: the whole output in a log, its JSON line appended to SIDE.jsonl.
@@ -62,9 +72,9 @@ run() {
 for ((round = 1; round <= runs; round++)); do
     if ((round % 2)); then
         run before "$tree" "$round" "$@"
-        run after "$here" "$round" "$@"
+        run after "$here" "$round" "${flags[@]}" "$@"
     else
-        run after "$here" "$round" "$@"
+        run after "$here" "$round" "${flags[@]}" "$@"
         run before "$tree" "$round" "$@"
     fi
 done

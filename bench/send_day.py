@@ -25,6 +25,14 @@ from the kill until every customer had a text, and the customers texted more tha
 Without ``--kill-after`` no beat runs unless ``--beat`` is given: a row a worker hands back to
 the ledger (deferred: no rate slot soon enough) then stalls the run, which says so.
 
+``--events`` registers one endpoint per organization (every event type) at bench/event_sink.py,
+a host's receiver in its own process answering after ``--events-delay-ms``, before the day: the
+workers write a ``message.sent`` event with each text and deliver them from their queue. The
+day's figures are then read once the sink has every event the outbox holds (the extra seconds
+after the last row settled are reported), so the worker's CPU, the commits and the WAL per text
+include the delivery; the sink's record is checked: every event arrived, each signature
+verifies (PyPI ``standardwebhooks``), one ``message.sent`` per sent row.
+
 ``--root DIR`` runs another checkout's code (its app, migrations, fake and worker) with this
 script, so two trees are measured the same way (bench/compare.sh).
 
@@ -32,6 +40,7 @@ script, so two trees are measured the same way (bench/compare.sh).
     .venv/bin/python bench/send_day.py --texts 5000 --keep   # smaller; keep the database
     .venv/bin/python bench/send_day.py --provider twilio     # 50 senders x 30/s, 100 ms answers
     .venv/bin/python bench/send_day.py --provider twilio --texts 2000 --kill-after 600
+    .venv/bin/python bench/send_day.py --provider twilio --texts 20000 --beat --events
 
 Needs PostgreSQL (BENCH_PG_ADMIN_URL, default postgresql://postgres@127.0.0.1:5432/postgres)
 and Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379); takes a free Redis db number.
@@ -196,34 +205,68 @@ def load(
 
 
 # -- processes -------------------------------------------------------------------------------
+def start_server(
+    argv: list[str], *, cwd: Path, env: dict[str, str], log: Path, ready: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A local server as its own process; it prints ``ready`` then its URL once it listens."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log.open("wb"),
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith(ready):
+        sys.exit(f"{ready.strip()}: did not start; see {log}")
+    return proc, line.removeprefix(ready).split()[0]
+
+
 def start_fake(root: Path, tmp: Path, delay_ms: float) -> tuple[subprocess.Popen[bytes], str, Path]:
     """The fake Messages API as its own process on a free loopback port (it picks it)."""
     record = tmp / "twilio_record.tsv"
-    fake = subprocess.Popen(
+    fake, url = start_server(
         [
             *(sys.executable, "-m", "tests.twilio_fake", "--port", "0"),
             *("--delay-ms", str(delay_ms), "--record", str(record)),
         ],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=subprocess.PIPE,
-        stderr=(tmp / "fake.log").open("wb"),
-        start_new_session=True,
+        log=tmp / "fake.log",
+        ready="fake Twilio listening on ",
     )
-    assert fake.stdout is not None
-    line = fake.stdout.readline().decode()
-    if not line.startswith("fake Twilio listening on "):
-        sys.exit(f"the fake Twilio did not start; see {tmp / 'fake.log'}")
-    return fake, line.split()[4], record
+    return fake, url, record
 
 
-def stop_fake(fake: subprocess.Popen[bytes]) -> None:
-    if fake.poll() is None:
-        fake.send_signal(signal.SIGTERM)
+def start_sink(
+    tmp: Path, delay_ms: float, *, port: int = 0, run: str = ""
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """bench/event_sink.py, a host's events endpoint, as its own process (``port`` 0: a free
+    one); returns it, its base URL and the file it writes what it received to as it stops."""
+    record = tmp / f"events{run}.jsonl"
+    sink, url = start_server(
+        [
+            *(sys.executable, str(Path(__file__).with_name("event_sink.py"))),
+            *("--port", str(port), "--delay-ms", str(delay_ms), "--record", str(record)),
+        ],
+        cwd=tmp,
+        env=dict(os.environ),
+        log=tmp / f"sink{run}.log",
+        ready="event sink listening on ",
+    )
+    return sink, url, record
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the fake and the sink write their records then), SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            fake.wait(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            fake.kill()
+            proc.kill()
 
 
 def start_celery(
@@ -242,12 +285,14 @@ def start_celery(
 
 
 def start_worker(
-    root: Path, env: dict[str, str], log: Path, processes: int
+    root: Path, env: dict[str, str], log: Path, processes: int, queues: str | None = None
 ) -> subprocess.Popen[bytes]:
-    """The production worker command; returns once it reported ready (its heartbeat file)."""
+    """The production worker command (``queues``: only those, ``-Q``); returns once it reported
+    ready (its heartbeat file)."""
     heartbeat = Path(env["WORKER_HEARTBEAT_FILE"])
     heartbeat.unlink(missing_ok=True)
     argv = ["worker", "--pool", "prefork", "-c", str(processes), "-l", "INFO"]
+    argv += ["-Q", queues] if queues else []
     worker = start_celery(root, [*argv, "--without-gossip", "--without-mingle"], env, log)
     while not heartbeat.exists():
         if worker.poll() is not None:
@@ -268,6 +313,52 @@ def end_group(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float
             proc.wait(timeout=30)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # pool children outliving their parent
+
+
+def add_endpoints(pg_url: str, slugs: list[str], base_url: str) -> dict[str, str]:
+    """An events endpoint (every type) for each organization at ``base_url`` + its own path;
+    returns path -> that endpoint's secret, for checking what arrived."""
+    from app.db.session import get_engine
+    from app.services.events import add_endpoint
+    from app.settings import Settings
+
+    settings = Settings(database_url=pg_url, events_allow_private=True)
+    secrets = {}
+    with get_engine(pg_url).begin() as conn:
+        for slug in slugs:
+            path = f"/o/{slug}"
+            made = add_endpoint(
+                conn, slug, base_url + path, types=None, settings=settings, now=datetime.now(UTC)
+            )
+            assert made.secret is not None
+            secrets[path] = made.secret
+    return secrets
+
+
+class Scratch:
+    """A run's own fresh database, free Redis db and temporary directory; ``close`` drops the
+    database (unless ``keep``) and empties and frees the Redis db."""
+
+    def __init__(self, prefix: str, *, tmp_prefix: str) -> None:
+        self.admin = psycopg.connect(PG_ADMIN, autocommit=True)
+        self.name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        self.admin.execute(f'CREATE DATABASE "{self.name}"')
+        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+        self.pg_url = f"{base}/{self.name}"
+        self.redis_url, self._redis_root, self._redis_claim = free_redis_db()
+        self.tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+
+    def close(self, *, keep: bool) -> None:
+        from app.db.session import dispose_engines
+
+        dispose_engines()
+        if not keep:
+            self.admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        else:
+            print(f"kept database {self.name}")
+        redis.Redis.from_url(self.redis_url).flushdb()
+        self._redis_root.delete(self._redis_claim)
+        print(f"logs: {self.tmp}")
 
 
 # -- counters --------------------------------------------------------------------------------
@@ -604,6 +695,11 @@ def print_block(f: dict[str, Any], *, twilio: bool, kill: bool) -> None:
     lines += [
         f"CPU ms/text    worker {f['cpu_ms_worker']:.2f}"
         + (f" (+ beat {f['cpu_ms_beat']:.2f})" if f["cpu_ms_beat"] else "")
+        + (
+            f" (+ events worker {f['cpu_ms_events_worker']:.2f})"
+            if f["cpu_ms_events_worker"]
+            else ""
+        )
         + f"  postgres {f['cpu_ms_postgres']:.2f} (this database's backends"
         f" {f['cpu_ms_postgres_db']:.2f})  redis {f['cpu_ms_redis']:.2f}"
         + (f"  fake {f['cpu_ms_fake']:.2f}" if twilio else "")
@@ -634,6 +730,14 @@ def print_block(f: dict[str, Any], *, twilio: bool, kill: bool) -> None:
         f" ledger {f['ledger']} -> {'OK' if f['delivery_ok'] else 'FAILED'}"
     )
     lines.append(f"worker memory  {f['worker_peak_mb']:.0f} MB peak per pool process (VmHWM)")
+    if "events_ok" in f:
+        lines.append(
+            f"events         {f['events_received']:,} arrived {f['events_drain_s']:.1f} s after"
+            f" the last row settled ({f['events_types']}); message.sent"
+            f" {f['events_sent_received']:,} for {f['sent']:,} sent rows;"
+            f" {f['events_repeated']} repeated, {f['events_bad_signatures']} bad signatures"
+            f" -> {'OK' if f['events_ok'] else 'FAILED'}"
+        )
     if kill:
         lines.append(
             f"kill           after {f['kill_after']:,} texts: {f['reconciled_rows']} rows"
@@ -686,6 +790,20 @@ def parse_args() -> argparse.Namespace:
         " a worker handed back to the ledger (deferred), which otherwise stall the run",
     )
     parser.add_argument(
+        "--events",
+        action="store_true",
+        help="an events endpoint per organization at a local sink; wait until every event arrived",
+    )
+    parser.add_argument(
+        "--events-delay-ms", type=float, default=0.0, help="--events: the sink's answer time"
+    )
+    parser.add_argument(
+        "--events-worker",
+        action="store_true",
+        help="--events: a worker of one process for the events queue only (-Q), the day's worker"
+        " for the others",
+    )
+    parser.add_argument(
         "--root",
         type=Path,
         default=DEFAULT_ROOT,
@@ -697,6 +815,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.kill_after and not 0 < args.kill_after < args.texts:
         parser.error("--kill-after must be between 1 and --texts - 1")
+    if args.events_worker and not args.events:
+        parser.error("--events-worker needs --events")
     args.root = args.root.resolve()
     if not (args.root / "app" / "tasks" / "scheduler.py").exists():
         parser.error(f"--root {args.root} is not a checkout of this project")
@@ -714,11 +834,12 @@ class Watch:
     dead_cpu: float = 0.0  # the killed worker's CPU, read just before the kill
 
 
-class Day:
+class Day(Scratch):
     """One run's database, Redis db, fake, worker and beat processes and files; ``close``
     undoes them all."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__("reminders_bench", tmp_prefix="send_day_")
         self.args = args
         self.root: Path = args.root
         self.twilio = args.provider == "twilio"
@@ -727,15 +848,6 @@ class Day:
             [sender_of(k) for k in range(args.senders)] if self.twilio else [None]
         )
         self.rate: float = args.rate if self.twilio else 1_000_000.0
-        self.name = f"reminders_bench_{uuid.uuid4().hex[:8]}"
-        self.admin = psycopg.connect(PG_ADMIN, autocommit=True)
-        self.admin.execute(f'CREATE DATABASE "{self.name}"')
-        self.pg_url = (
-            PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-            + f"/{self.name}"
-        )
-        self.redis_url, self._redis_root, self._redis_claim = free_redis_db()
-        self.tmp = Path(tempfile.mkdtemp(prefix="send_day_"))
         self.out = self.tmp / "sms.txt"
         self.record = self.tmp / "twilio_record.tsv"
         self.logs = [self.tmp / "worker.log"]  # the workers', in order
@@ -743,6 +855,15 @@ class Day:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.beat: subprocess.Popen[bytes] | None = None
         self.fake: subprocess.Popen[bytes] | None = None
+        self.sink: subprocess.Popen[bytes] | None = None
+        # --events-worker: the events queue has a worker of its own; the day's, the others.
+        self.events_worker: subprocess.Popen[bytes] | None = None
+        from app.config.celery_config import CONTROL_QUEUE, SEND_QUEUE
+
+        self.queues = f"{SEND_QUEUE},{CONTROL_QUEUE}" if args.events_worker else None
+        self.sink_url = ""
+        self.sink_record = self.tmp / "events.jsonl"
+        self.secrets: dict[str, str] = {}  # the sink's URL path -> that endpoint's secret
         self.base_url = ""
         self.env = self._env()
         os.environ.update({k: self.env[k] for k in ("DATABASE_URL", "CELERY_BROKER_URL")})
@@ -775,6 +896,7 @@ class Day:
             WORKER_HEARTBEAT_FILE=str(self.tmp / "worker.heartbeat"),
             BEAT_HEARTBEAT_FILE=str(self.tmp / "beat.heartbeat"),
             LOG_LEVEL=args.log_level,
+            **({"EVENTS_ALLOW_PRIVATE": "1"} if args.events else {}),
             **(KILL_ENV if self.kill_after or args.beat else {}),
             **(BEAT_ENV if args.beat else {}),
         )
@@ -811,16 +933,36 @@ class Day:
         print(
             f"loaded {args.texts:,} customers and subscriptions in {time.perf_counter() - t0:.1f} s"
         )
-        self.workers.append(start_worker(self.root, self.env, self.logs[0], args.processes))
+        if args.events:
+            self.add_endpoints(slugs)
+        self.workers.append(
+            start_worker(self.root, self.env, self.logs[0], args.processes, self.queues)
+        )
+        if args.events_worker:
+            env = {**self.env, "WORKER_HEARTBEAT_FILE": str(self.tmp / "events.heartbeat")}
+            log = self.tmp / "events_worker.log"
+            from app.config.celery_config import EVENTS_QUEUE
+
+            self.events_worker = start_worker(self.root, env, log, 1, EVENTS_QUEUE)
         if args.beat:
             self.start_beat(self.env)
         return slugs
+
+    def add_endpoints(self, slugs: list[str]) -> None:
+        """The sink, and an endpoint for every organization there."""
+        self.sink, self.sink_url, self.sink_record = start_sink(self.tmp, self.args.events_delay_ms)
+        self.secrets = add_endpoints(self.pg_url, slugs, self.sink_url)
+        print(
+            f"events: {len(slugs)} endpoints at {self.sink_url}"
+            f" answering after {self.args.events_delay_ms:g} ms"
+        )
 
     def start_beat(self, env: dict[str, str]) -> None:
         self.beat = start_celery(self.root, ["beat", "-l", "INFO"], env, self.beat_log)
 
     def processes(self) -> list[subprocess.Popen[bytes]]:
-        return [*self.workers, *([self.beat] if self.beat else [])]
+        others = [p for p in (self.beat, self.events_worker) if p is not None]
+        return [*self.workers, *others]
 
     def kill_and_recover(self, watch: Watch, backends: DatabaseBackends, cpu_before: float) -> None:
         """SIGKILL the worker with its pool children, as a container is killed; start a fresh
@@ -837,7 +979,9 @@ class Day:
         if self.beat is None:
             self.start_beat(recover)
         self.logs.append(self.tmp / "worker2.log")
-        self.workers.append(start_worker(self.root, recover, self.logs[-1], self.args.processes))
+        self.workers.append(
+            start_worker(self.root, recover, self.logs[-1], self.args.processes, self.queues)
+        )
 
     def provider_has(self, n: int) -> bool:
         if self.twilio:
@@ -847,7 +991,7 @@ class Day:
     def sends(self) -> list[tuple[str, str, float | None]]:
         """What reached the provider (the fake writes its record as it stops)."""
         if self.fake is not None:
-            stop_fake(self.fake)
+            stop_server(self.fake)
             return read_record(self.record)
         return [(s, to, None) for s, to in console_lines(self.out)]
 
@@ -855,20 +999,12 @@ class Day:
         for proc in self.processes():
             end_group(proc, signal.SIGTERM)
 
-    def close(self) -> None:
+    def close(self, *, keep: bool | None = None) -> None:
         self.stop_processes()
-        if self.fake is not None:
-            stop_fake(self.fake)
-        from app.db.session import dispose_engines
-
-        dispose_engines()
-        if not self.args.keep:
-            self.admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        else:
-            print(f"kept database {self.name}")
-        redis.Redis.from_url(self.redis_url).flushdb()
-        self._redis_root.delete(self._redis_claim)
-        print(f"logs: {self.tmp}")
+        for server in (self.fake, self.sink):
+            if server is not None:
+                stop_server(server)
+        super().close(keep=self.args.keep if keep is None else keep)
 
 
 class Ledger:
@@ -894,6 +1030,15 @@ class Ledger:
         where = status.notin_(statuses) if negate else status.in_(statuses)
         with self._connect() as conn:
             return int(conn.execute(select(func.count()).where(where)).scalar_one())
+
+    def events(self) -> int:
+        """Events the outbox holds (one delivery each: one endpoint per organization)."""
+        from sqlalchemy import func, select
+
+        from app.db.models import Event
+
+        with self._connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(Event)).scalar_one())
 
     def unknown_ids(self) -> list[int]:
         from sqlalchemy import select
@@ -997,6 +1142,27 @@ def wait_settled(
             sys.exit(f"gave up after 20 minutes with {settled} settled")
 
 
+def wait_events(day: Day, ledger: Ledger) -> None:
+    """Until the sink has every event the outbox holds; a stall (none arrived for 60 s: more
+    than a 2 s beat tick and a delivery task's 20 s budget) ends the wait, which says so."""
+    from event_sink import distinct
+
+    arrived, progress_at = -1, time.monotonic()
+    while True:
+        now_arrived = distinct(day.sink_url)
+        if now_arrived >= ledger.events():
+            return
+        if now_arrived != arrived:
+            arrived, progress_at = now_arrived, time.monotonic()
+        elif time.monotonic() - progress_at > 60:
+            print(
+                f"events stalled: {arrived:,} of {ledger.events():,} arrived, none for 60 s"
+                + ("" if day.beat else " (no beat: only the workers' kicks deliver)")
+            )
+            return
+        time.sleep(0.2)
+
+
 def figures(
     day: Day,
     got: Delivery,
@@ -1007,6 +1173,7 @@ def figures(
     wal_bytes: float,
     db_wal_bytes: float | None,
     elapsed: float,
+    window: float,
     send_span: float,
     statuses: dict[str, int],
     segments_of: dict[str, int],
@@ -1044,7 +1211,7 @@ def figures(
         "cpu_ms_bench": per((after.bench - before.bench) * 1000, sent),
         "cpu_ms_machine": per(busy * 1000, sent),
         "machine_busy_s": busy,
-        "machine_cores": per(busy, elapsed),
+        "machine_cores": per(busy, window),
         "pg_ins_per_text": per(stats["ins"], sent),
         "pg_upd_per_text": per(stats["upd"], sent),
         "pg_hot_upd_per_text": per(stats["hot_upd"], sent),
@@ -1070,6 +1237,24 @@ def figures(
     }
 
 
+def events_figures(day: Day, *, sent: int, drain_s: float) -> dict[str, Any]:
+    """What the sink received (read once it stopped), against the ledger's sent rows."""
+    from event_sink import verify
+
+    assert day.sink is not None
+    stop_server(day.sink)
+    got = verify(day.sink_record, day.secrets)
+    return {
+        "events_drain_s": drain_s,
+        "events_received": got.distinct,
+        "events_sent_received": got.by_type["message.sent"],
+        "events_repeated": got.repeated,
+        "events_bad_signatures": got.bad_signatures,
+        "events_types": dict(sorted(got.by_type.items())),
+        "events_ok": got.by_type["message.sent"] == sent and not got.bad_signatures,
+    }
+
+
 def main() -> None:
     args = parse_args()
     sys.path.insert(0, str(args.root))
@@ -1089,6 +1274,8 @@ def main() -> None:
         before = read_counters(day.admin, rconn, fake_pid)
         worker_before = tree_cpu_seconds(day.workers[0].pid)
         beat_before = tree_cpu_seconds(day.beat.pid) if day.beat else 0.0
+        events_worker = day.events_worker.pid if day.events_worker else 0
+        events_before = tree_cpu_seconds(events_worker) if events_worker else 0.0
         watch = Watch()
         start = time.monotonic()
         enqueue_day(on_date=None, org_slugs=slugs)
@@ -1098,10 +1285,14 @@ def main() -> None:
             worker_before = 0.0
         wait_settled(day, ledger, watch, backends, start)
         finished = time.monotonic()
+        if args.events:
+            wait_events(day, ledger)
+        drained = time.monotonic()
         backends.sample()
         after = read_counters(day.admin, rconn, fake_pid)
         worker_cpu = watch.dead_cpu + tree_cpu_seconds(day.workers[-1].pid) - worker_before
         beat_cpu = tree_cpu_seconds(day.beat.pid) - beat_before if day.beat else 0.0
+        events_cpu = tree_cpu_seconds(events_worker) - events_before if events_worker else 0.0
         send_span, statuses, segments_of = ledger.summary()
         # Stopped workers' backends flush their counters as they exit.
         day.stop_processes()
@@ -1130,14 +1321,18 @@ def main() -> None:
             wal_bytes=float(wal[0]),
             db_wal_bytes=db_wal,
             elapsed=finished - start,
+            window=drained - start,  # the counters' (with --events, until every event arrived)
             send_span=send_span,
             statuses=statuses,
             segments_of=segments_of,
         )
         f["cpu_ms_worker"] = per(worker_cpu * 1000, f["sent"])
         f["cpu_ms_beat"] = per(beat_cpu * 1000, f["sent"])
+        f["cpu_ms_events_worker"] = per(events_cpu * 1000, f["sent"])
         f["cpu_ms_postgres_db"] = per(backends.seconds() * 1000, f["sent"])
         f["worker_peak_mb"] = watch.peak_mb
+        if args.events:
+            f.update(events_figures(day, sent=f["sent"], drain_s=drained - finished))
         if day.kill_after:
             logged = from_logs([*day.logs, day.beat_log])
             f.update(
@@ -1151,9 +1346,11 @@ def main() -> None:
             )
         segments_ok = set(segments_of.values()) == {args.segments}
         ok = f["delivery_ok"] and segments_ok and not (day.twilio and got.senders_over)
+        ok = ok and f.get("events_ok", True)
         f["ok"] = ok
         parts = ("bench", "fake", "postgres", "redis")
-        ours = worker_cpu + beat_cpu + sum(getattr(after, k) - getattr(before, k) for k in parts)
+        ours = worker_cpu + beat_cpu + events_cpu
+        ours += sum(getattr(after, k) - getattr(before, k) for k in parts)
         outside = after.busy - before.busy - ours
         f["cpu_ms_outside"] = per(outside * 1000, f["sent"])
         print_block(f, twilio=day.twilio, kill=bool(day.kill_after))
