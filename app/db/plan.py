@@ -27,11 +27,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.expression import ColumnClause
 
 from app.db.models import Reminder, UTCDateTime
 
-# Orgs per statement: keeps the IN list well under every driver's parameter limit.
+# Orgs per statement elsewhere: keeps the IN list well under every driver's parameter limit.
 _ORGS_PER_STATEMENT = 900
 # Planning at least this many rows refreshes the ledger's statistics (see refresh_statistics).
 REFRESH_STATISTICS_AFTER = 1000
@@ -113,6 +114,8 @@ _RESULT_TYPES: list[ColumnClause[Any]] = [
 def _candidates_sql(dialect: str, values: str) -> str:
     date_ = "CAST({} AS DATE)" if dialect == "postgresql" else "{}"
     int_ = "CAST({} AS INTEGER)" if dialect == "postgresql" else "{}"
+    # PostgreSQL takes every organization as one array: one scan of subscriptions for them all.
+    orgs = "= ANY(:orgs)" if dialect == "postgresql" else "IN :orgs"
     return f"""
 WITH m(days_left, lead_days, expires_on) AS (VALUES {values})
 SELECT s.id, s.org_id, s.customer_id, s.expires_on, {int_.format("m.lead_days")},
@@ -124,7 +127,7 @@ SELECT s.id, s.org_id, s.customer_id, s.expires_on, {int_.format("m.lead_days")}
        c.name, s.plan, s.amount, s.currency, {date_.format(":local_date")},
        row_number() OVER (PARTITION BY s.org_id ORDER BY s.id, m.lead_days)
 FROM m
-JOIN subscriptions s ON s.expires_on = {date_.format("m.expires_on")} AND s.org_id IN :orgs
+JOIN subscriptions s ON s.expires_on = {date_.format("m.expires_on")} AND s.org_id {orgs}
 JOIN customers c ON c.id = s.customer_id
 JOIN organizations o ON o.id = s.org_id
 LEFT JOIN opt_outs oo ON oo.org_id = s.org_id AND oo.phone_e164 = c.phone_e164
@@ -261,11 +264,15 @@ def _fill_candidates(conn: Connection, org_days: Sequence[OrgDay]) -> bool:
             params.update(
                 {f"l{j}": days_left, f"k{j}": lead, f"e{j}": local_date + timedelta(days=days_left)}
             )
-        fill = text(
-            "INSERT INTO _candidates " + _candidates_sql(conn.dialect.name, rows)
-        ).bindparams(bindparam("orgs", expanding=True))
-        for start in range(0, len(org_ids), _ORGS_PER_STATEMENT):
-            chunk = org_ids[start : start + _ORGS_PER_STATEMENT]
+        fill = text("INSERT INTO _candidates " + _candidates_sql(conn.dialect.name, rows))
+        if conn.dialect.name == "postgresql":
+            fill = fill.bindparams(bindparam("orgs", type_=ARRAY(BigInteger)))
+            chunks = [org_ids]
+        else:
+            fill = fill.bindparams(bindparam("orgs", expanding=True))
+            step = _ORGS_PER_STATEMENT
+            chunks = [org_ids[i : i + step] for i in range(0, len(org_ids), step)]
+        for chunk in chunks:
             conn.execute(fill, {**params, "orgs": chunk})
     conn.execute(text("CREATE INDEX _candidates_turn ON _candidates (turn, org_id)"))
     return True
