@@ -111,21 +111,26 @@ _RESULT_TYPES: list[ColumnClause[Any]] = [
 ]
 
 
-def _candidates_sql(dialect: str, values: str) -> str:
+def _candidates_sql(dialect: str, values: str, p: str) -> str:
+    """One group's candidates (organizations sharing a date and lead days); ``p`` prefixes its
+    parameters, so several groups can be one statement."""
     date_ = "CAST({} AS DATE)" if dialect == "postgresql" else "{}"
     int_ = "CAST({} AS INTEGER)" if dialect == "postgresql" else "{}"
     # PostgreSQL takes every organization as one array: one scan of subscriptions for them all.
-    orgs = "= ANY(:orgs)" if dialect == "postgresql" else "IN :orgs"
+    orgs = f"= ANY(:{p}orgs)" if dialect == "postgresql" else f"IN :{p}orgs"
     return f"""
 WITH m(days_left, lead_days, expires_on) AS (VALUES {values})
-SELECT s.id, s.org_id, s.customer_id, s.expires_on, {int_.format("m.lead_days")},
-       {int_.format("m.days_left")}, COALESCE(c.phone_e164, c.phone), o.sender,
+SELECT s.id AS subscription_id, s.org_id, s.customer_id, s.expires_on,
+       {int_.format("m.lead_days")} AS lead_days, {int_.format("m.days_left")} AS days_left,
+       COALESCE(c.phone_e164, c.phone) AS phone, o.sender,
        CASE WHEN c.phone_e164 IS NULL THEN 'invalid_phone'
             WHEN oo.id IS NOT NULL THEN 'opted_out'
             WHEN EXISTS (SELECT 1 FROM undeliverable_numbers un WHERE un.org_id = s.org_id
-                         AND un.phone_e164 = c.phone_e164) THEN 'undeliverable' END,
-       c.name, s.plan, s.amount, s.currency, {date_.format(":local_date")},
-       row_number() OVER (PARTITION BY s.org_id ORDER BY s.id, m.lead_days)
+                         AND un.phone_e164 = c.phone_e164) THEN 'undeliverable' END
+           AS skip_reason,
+       c.name AS customer_name, s.plan, s.amount, s.currency,
+       {date_.format(f":{p}local_date")} AS local_date,
+       row_number() OVER (PARTITION BY s.org_id ORDER BY s.id, m.lead_days) AS turn
 FROM m
 JOIN subscriptions s ON s.expires_on = {date_.format("m.expires_on")} AND s.org_id {orgs}
 JOIN customers c ON c.id = s.customer_id
@@ -138,7 +143,7 @@ WHERE s.status = 'active'
 
 
 # ``turn`` numbers each organization's candidates 1, 2, 3 …: read in (turn, org_id) order, the
-# day takes turns between organizations.
+# day takes turns between organizations. (PostgreSQL makes the table from the query itself.)
 _CANDIDATE_TABLE = """
 CREATE TEMPORARY TABLE _candidates (
     subscription_id BIGINT, org_id BIGINT, customer_id BIGINT, expires_on DATE,
@@ -255,25 +260,35 @@ def _fill_candidates(conn: Connection, org_days: Sequence[OrgDay]) -> bool:
             groups.setdefault((od.local_date, od.offsets), []).append(od.org_id)
     if not groups:
         return False
-    conn.execute(text("DROP TABLE IF EXISTS _candidates"))
-    conn.execute(text(_CANDIDATE_TABLE))
-    for (local_date, offsets), org_ids in groups.items():
-        rows = ",".join(f"(:l{j}, :k{j}, :e{j})" for j in range(len(offsets)))
-        params: dict[str, Any] = {"local_date": local_date}
+    dialect = conn.dialect.name
+    selects: list[tuple[str, dict[str, Any]]] = []
+    for g, ((local_date, offsets), org_ids) in enumerate(groups.items()):
+        p = f"g{g}_"
+        rows = ",".join(f"(:{p}l{j}, :{p}k{j}, :{p}e{j})" for j in range(len(offsets)))
+        params: dict[str, Any] = {f"{p}local_date": local_date, f"{p}orgs": org_ids}
         for j, (days_left, lead) in enumerate(offsets):
-            params.update(
-                {f"l{j}": days_left, f"k{j}": lead, f"e{j}": local_date + timedelta(days=days_left)}
-            )
-        fill = text("INSERT INTO _candidates " + _candidates_sql(conn.dialect.name, rows))
-        if conn.dialect.name == "postgresql":
-            fill = fill.bindparams(bindparam("orgs", type_=ARRAY(BigInteger)))
-            chunks = [org_ids]
-        else:
-            fill = fill.bindparams(bindparam("orgs", expanding=True))
-            step = _ORGS_PER_STATEMENT
-            chunks = [org_ids[i : i + step] for i in range(0, len(org_ids), step)]
-        for chunk in chunks:
-            conn.execute(fill, {**params, "orgs": chunk})
+            expires_on = local_date + timedelta(days=days_left)
+            params.update({f"{p}l{j}": days_left, f"{p}k{j}": lead, f"{p}e{j}": expires_on})
+        selects.append((_candidates_sql(dialect, rows, p), params))
+    conn.execute(text("DROP TABLE IF EXISTS _candidates"))
+    if dialect == "postgresql":
+        # One CREATE TABLE … AS for every group: unlike INSERT … SELECT, PostgreSQL may run it
+        # with parallel workers.
+        union = text(
+            "CREATE TEMPORARY TABLE _candidates AS "
+            + " UNION ALL ".join(f"({sql})" for sql, _ in selects)
+        ).bindparams(
+            *(bindparam(f"g{g}_orgs", type_=ARRAY(BigInteger)) for g in range(len(selects)))
+        )
+        conn.execute(union, {k: v for _, params in selects for k, v in params.items()})
+    else:
+        conn.execute(text(_CANDIDATE_TABLE))
+        for g, (sql, params) in enumerate(selects):
+            fill = text("INSERT INTO _candidates " + sql)
+            fill = fill.bindparams(bindparam(f"g{g}_orgs", expanding=True))
+            org_ids = params[f"g{g}_orgs"]
+            for i in range(0, len(org_ids), _ORGS_PER_STATEMENT):
+                conn.execute(fill, {**params, f"g{g}_orgs": org_ids[i : i + _ORGS_PER_STATEMENT]})
     conn.execute(text("CREATE INDEX _candidates_turn ON _candidates (turn, org_id)"))
     return True
 
