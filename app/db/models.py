@@ -25,7 +25,6 @@ from sqlalchemy import (
     Text,
     Time,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -170,13 +169,7 @@ class Reminder(Base):
         ),
         Index("ix_reminders_due", "status", "next_attempt_at"),
         Index("ix_reminders_org_date", "org_id", "local_date"),
-        # Only rows sent have a message id: planned and claimed rows write no entry here.
-        Index(
-            "ix_reminders_provider_id",
-            "provider_message_id",
-            postgresql_where=text("provider_message_id IS NOT NULL"),
-            sqlite_where=text("provider_message_id IS NOT NULL"),
-        ),
+        Index("ix_reminders_provider_id", "provider_message_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
