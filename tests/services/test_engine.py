@@ -4,14 +4,15 @@ true, right local day, never to the wrong person."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as time_of_day
 
 import pytest
 from freezegun import freeze_time
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from app.db import ledger
-from app.db.models import Reminder, Subscription, Template
+from app.db.models import Customer, Organization, Reminder, Subscription, Template
 from app.domain.planning import utcnow
 from app.providers.base import PermanentError, TransientError, UnknownOutcomeError
 from app.services import runner
@@ -546,3 +547,61 @@ def test_a_day_planned_page_by_page_hands_on_each_committed_page_taking_turns(
     assert [orgs_in_page for orgs_in_page, _ in pages] == [orgs * 2] * 3
     assert [in_ledger for _, in_ledger in pages] == [6, 12, 18]
     assert len(ledger_rows(engine)) == 19
+
+
+@pytest.mark.parametrize("render", [False, True], ids=["daily-run", "rendered"])
+def test_a_day_of_more_organizations_than_one_statement_takes_plans_each_once(
+    engine: Engine, render: bool
+) -> None:
+    """1,000 organizations (more than a driver takes in one IN list), half of them already on
+    tomorrow: every one's due text is planned exactly once, and planning again adds nothing."""
+    now = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
+    n = 1000
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Organization),
+            [
+                {
+                    "slug": f"org{i}",
+                    "name": f"Org {i}",
+                    "timezone": "Pacific/Auckland" if i % 2 else "UTC",
+                    "send_time": time_of_day(9),
+                    "window_start": time_of_day(0),
+                    "window_end": time_of_day(0),
+                    "lead_days": "3",
+                    "country": "US",
+                    "active": True,
+                    "created_at": now,
+                }
+                for i in range(n)
+            ],
+        )
+        org_ids = list(conn.execute(select(Organization.id).order_by(Organization.id)).scalars())
+        number = {"phone": "+12025550100", "phone_e164": "+12025550100"}
+        conn.execute(
+            insert(Customer),
+            [{"org_id": o, "external_id": "c", "name": "Pat", **number} for o in org_ids],
+        )
+        customer_of = dict(conn.execute(select(Customer.org_id, Customer.id)).all())
+        conn.execute(
+            insert(Subscription),
+            [
+                {
+                    "org_id": o,
+                    "customer_id": customer_of[o],
+                    "external_id": "s",
+                    "plan": "Fiber",
+                    "expires_on": TODAY + timedelta(days=3),
+                    "status": "active",
+                }
+                for o in org_ids
+            ],
+        )
+    for expected in (n, 0):
+        with engine.begin() as conn:
+            report = plan_day(conn, now=now, orgs=load_orgs(conn), render=render)
+        assert report.planned == expected
+    with engine.connect() as conn:
+        planned = conn.execute(select(Reminder.org_id, Reminder.local_date)).all()
+    tomorrow = TODAY + timedelta(days=1)
+    assert sorted(planned) == [(o, tomorrow if i % 2 else TODAY) for i, o in enumerate(org_ids)]
