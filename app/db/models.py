@@ -59,6 +59,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def aware_utc(value: datetime | str | None) -> datetime | None:
+    """An aggregate (MIN, MAX) of a UTCDateTime column comes back without the column's type
+    (SQLite: naive UTC text): as the column would give it."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 class StatusType(TypeDecorator[str]):
     """A ledger status: ``Status`` members are stored by value (a driver would otherwise be
     free to write an enum's name)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -39,6 +39,7 @@ from app.db.models import (
     Organization,
     Reminder,
     Subscription,
+    aware_utc,
 )
 from app.domain import events
 from app.domain.events import DeliveryStatus, EventType
@@ -633,19 +634,10 @@ def backlogs(conn: Connection) -> dict[int, Backlog]:
     for org_id, status, n, since in conn.execute(stmt):
         old = out.get(org_id, Backlog())
         if status == PENDING:
-            out[org_id] = Backlog(int(n), _aware(since), old.dead)
+            out[org_id] = Backlog(int(n), aware_utc(since), old.dead)
         else:
             out[org_id] = Backlog(old.waiting, old.waiting_since, int(n))
     return out
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """An aggregate comes back without the column's type (SQLite: naive UTC text)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def counts(conn: Connection, *, org_id: int | None = None) -> dict[str, int]:

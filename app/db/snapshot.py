@@ -8,12 +8,12 @@ counts in step with the ledger.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from sqlalchemy import Connection, case, func, literal, or_, select, tuple_
 
 from app.db import outbox
-from app.db.models import DailyRun, Organization, Reminder
+from app.db.models import DailyRun, Organization, Reminder, aware_utc
 from app.domain import planning
 from app.domain.status import Status
 
@@ -79,8 +79,8 @@ def read(conn: Connection, *, now: datetime) -> Snapshot:
                 active=bool(row.active),
                 today=today,
                 send_at=planning.send_time_instant(today, row.timezone, row.send_time),
-                last_started=_aware(row.started),
-                last_finished=_aware(row.finished),
+                last_started=aware_utc(row.started),
+                last_finished=aware_utc(row.finished),
             )
         )
     return Snapshot(now, orgs, *_ledger(conn, orgs, now=now), outbox.backlogs(conn))
@@ -118,16 +118,7 @@ def _ledger(
             today[(row.org_id, row.status)] = int(row.today)
         old = backlog.get(row.org_id, Backlog())
         if row.status == pending and row.due_since is not None:
-            backlog[row.org_id] = Backlog(_aware(row.due_since), old.unknown, old.unknown_since)
+            backlog[row.org_id] = Backlog(aware_utc(row.due_since), old.unknown, old.unknown_since)
         elif row.status == unknown:
-            backlog[row.org_id] = Backlog(old.due_since, int(row.rows), _aware(row.since))
+            backlog[row.org_id] = Backlog(old.due_since, int(row.rows), aware_utc(row.since))
     return today, backlog
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """Aggregates come back without the column's type (SQLite: naive UTC text)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
