@@ -905,6 +905,32 @@ def apply_early_receipts(conn: Connection, sids: Sequence[str], *, now: datetime
     return record_deliveries(conn, moves, now=now) + requeue_expired(conn, expired, now=now)
 
 
+def follow_owners(conn: Connection, *, org_id: int, subscriptions: Sequence[str]) -> int:
+    """Texts not sent yet of these subscriptions (external ids) that now belong to another
+    customer (the host moved them): they go to the new owner, by its name and number, not to
+    the one they were planned for. Rows already tried keep the customer they went to."""
+    if not subscriptions:
+        return 0
+    owner = (
+        select(Subscription.customer_id)
+        .where(Subscription.id == Reminder.subscription_id)
+        .scalar_subquery()
+    )
+    these = select(Subscription.id).where(
+        Subscription.org_id == org_id, Subscription.external_id.in_(list(subscriptions))
+    )
+    result = conn.execute(
+        update(Reminder)
+        .where(
+            Reminder.subscription_id.in_(these.scalar_subquery()),
+            Reminder.status == PENDING,
+            Reminder.customer_id != owner,
+        )
+        .values(customer_id=owner)
+    )
+    return result.rowcount or 0
+
+
 def unskip_undeliverable(
     conn: Connection, customer_ids: Iterable[int], *, local_date: date, now: datetime
 ) -> int:

@@ -317,6 +317,7 @@ def _store(conn: Connection, org_id: int, rows: list[_Row]) -> None:
         ],
         ["org_id", "external_id"],
     )
+    ledger.follow_owners(conn, org_id=org_id, subscriptions=[r.subscription_id for r in rows])
 
 
 def _renumbered(conn: Connection, org_id: int, customer_ids: list[int]) -> None:
