@@ -556,8 +556,15 @@ def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> d
                 "message_ids": [o.message_id for o in sent],
                 "sent_ats": [o.sent_at for o in sent],
             }
-            ids = list(conn.execute(_SENT_MANY, params).scalars())
-        elif told is not None:
+            returned = conn.execute(_SENT_MANY, params).all()
+            moved[kind] = len(returned)
+            # The statement said which rows' organizations want the event: none (the usual
+            # case) costs no further statement.
+            wanted = [row_id for row_id, wants in returned if wants]
+            outbox.message_rows(conn, EventType.MESSAGE_SENT, wanted, now=now)
+            apply_early_receipts(conn, [o.message_id for o in sent], now=now)
+            continue
+        if told is not None:
             stmt = _OUTCOME_SQL[kind].returning(Reminder.id)
             ids = [i for o in group for i in conn.execute(stmt, _params(o, now)).scalars()]
         else:
@@ -585,7 +592,10 @@ FROM unnest(CAST(:row_ids AS BIGINT[]), CAST(:attempts AS INTEGER[]),
             CAST(:message_ids AS TEXT[]), CAST(:sent_ats AS TIMESTAMPTZ[]))
      AS g(row_id, attempt, message_id, sent_at)
 WHERE r.id = g.row_id AND r.status = '{SENDING}' AND r.attempts = g.attempt
-RETURNING r.id
+RETURNING r.id, EXISTS (
+    SELECT 1 FROM event_endpoints AS e
+    WHERE e.org_id = r.org_id AND e.removed_at IS NULL
+      AND (',' || e.event_types || ',') LIKE '%,{EventType.MESSAGE_SENT.value},%')
 """
 ).bindparams(bindparam("now", type_=Reminder.__table__.c.updated_at.type))
 
