@@ -546,8 +546,13 @@ def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> d
     moved: dict[type, int] = {}
     for kind, group in by_kind.items():
         told = _TOLD.get(kind)
+        if told is None:
+            params_list = [_params(o, now) for o in group]
+            moved[kind] = conn.execute(_OUTCOME_SQL[kind], params_list).rowcount or 0
+            continue
         if kind is Sent and conn.dialect.name == "postgresql":
-            # The common case, the whole group in one statement.
+            # The common case, the whole group in one statement, which also says which rows'
+            # organizations want the event: none (the usual case) costs no further statement.
             sent = cast(list[Sent], group)
             params = {
                 "now": now,
@@ -557,23 +562,14 @@ def record(conn: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> d
                 "sent_ats": [o.sent_at for o in sent],
             }
             returned = conn.execute(_SENT_MANY, params).all()
-            moved[kind] = len(returned)
-            # The statement said which rows' organizations want the event: none (the usual
-            # case) costs no further statement.
+            ids = [row_id for row_id, _ in returned]
             wanted = [row_id for row_id, wants in returned if wants]
-            outbox.message_rows(conn, EventType.MESSAGE_SENT, wanted, now=now)
-            apply_early_receipts(conn, [o.message_id for o in sent], now=now)
-            continue
-        if told is not None:
+        else:
             stmt = _OUTCOME_SQL[kind].returning(Reminder.id)
             ids = [i for o in group for i in conn.execute(stmt, _params(o, now)).scalars()]
-        else:
-            params_list = [_params(o, now) for o in group]
-            moved[kind] = conn.execute(_OUTCOME_SQL[kind], params_list).rowcount or 0
-            continue
+            wanted = ids  # message_rows looks for endpoints itself
         moved[kind] = len(ids)
-        if told is not None:
-            outbox.message_rows(conn, told, ids, now=now)
+        outbox.message_rows(conn, told, wanted, now=now)
         if kind is Sent:
             apply_early_receipts(conn, [cast(Sent, o).message_id for o in group], now=now)
     return moved
@@ -592,10 +588,7 @@ FROM unnest(CAST(:row_ids AS BIGINT[]), CAST(:attempts AS INTEGER[]),
             CAST(:message_ids AS TEXT[]), CAST(:sent_ats AS TIMESTAMPTZ[]))
      AS g(row_id, attempt, message_id, sent_at)
 WHERE r.id = g.row_id AND r.status = '{SENDING}' AND r.attempts = g.attempt
-RETURNING r.id, EXISTS (
-    SELECT 1 FROM event_endpoints AS e
-    WHERE e.org_id = r.org_id AND e.removed_at IS NULL
-      AND (',' || e.event_types || ',') LIKE '%,{EventType.MESSAGE_SENT.value},%')
+RETURNING r.id, {outbox.wanted_sql(EventType.MESSAGE_SENT, org="r.org_id")}
 """
 ).bindparams(bindparam("now", type_=Reminder.__table__.c.updated_at.type))
 

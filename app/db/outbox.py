@@ -60,6 +60,15 @@ def wants(type_: str) -> Any:
     return and_(EventEndpoint.removed_at.is_(None), listed.like(f"%,{type_},%"))
 
 
+def wanted_sql(type_: str, *, org: str) -> str:
+    """``wants`` as SQL text, for a statement written as text: whether the organization in
+    column ``org`` has a live endpoint that wants events of ``type_``."""
+    return (
+        "EXISTS (SELECT 1 FROM event_endpoints AS e WHERE e.org_id = "
+        f"{org} AND e.removed_at IS NULL AND (',' || e.event_types || ',') LIKE '%,{type_},%')"
+    )
+
+
 @dataclass(frozen=True)
 class NewEvent:
     org_id: int

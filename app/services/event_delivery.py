@@ -46,16 +46,26 @@ class RefusedAddress(OSError):
     """The endpoint's host is (or resolves to) an address events may not go to."""
 
 
+def refuse_private(host: str, addresses: list[str]) -> None:
+    """RefusedAddress naming the first of ``host``'s addresses that is not public."""
+    for address in addresses:
+        if events.private_address(address):
+            how = "is" if address == host else f"resolves to {address},"
+            raise RefusedAddress(
+                f"{host} {how} a loopback or private address (EVENTS_ALLOW_PRIVATE=0)"
+            )
+
+
 def check_host(host: str, *, allow_private: bool) -> None:
     """Refuse an IP literal that is not public, unless private ones are allowed."""
     if allow_private:
         return
+    literal = host.strip("[]")
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        ipaddress.ip_address(literal)
     except ValueError:
         return  # a name: the resolver checks what it resolves to
-    if events.private_address(host.strip("[]")):
-        raise RefusedAddress(f"{host} is a loopback or private address (EVENTS_ALLOW_PRIVATE=0)")
+    refuse_private(literal, [literal])
 
 
 def resolve_public(host: str) -> list[str]:
@@ -66,12 +76,7 @@ def resolve_public(host: str) -> list[str]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise RefusedAddress(f"cannot resolve {host}: {reason}") from None
     addresses = sorted({str(info[4][0]) for info in infos})
-    for address in addresses:
-        if events.private_address(address):
-            raise RefusedAddress(
-                f"{host} resolves to {address}, a loopback or private address "
-                "(EVENTS_ALLOW_PRIVATE=0)"
-            )
+    refuse_private(host, addresses)
     return addresses
 
 
@@ -85,12 +90,7 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
-        for entry in found:
-            if events.private_address(entry["host"]):
-                raise RefusedAddress(
-                    f"{host} resolves to {entry['host']}, a loopback or private address "
-                    "(EVENTS_ALLOW_PRIVATE=0)"
-                )
+        refuse_private(host, [entry["host"] for entry in found])
         return found
 
     async def close(self) -> None:
