@@ -595,6 +595,9 @@ class Delivery:
     busiest_texts: int  # the most texts one sender had in a one-second window
     busiest_segments: int
     senders_over: int  # senders with a window of more segments than the rate
+    # The same window by when the fake read each request (later than it arrived when the fake
+    # waited for a core): the instrument's jitter added to the sender's.
+    busiest_read_segments: int = 0
     first_texted: dict[str, float] = field(default_factory=dict)  # To -> received (monotonic)
 
     @property
@@ -603,7 +606,7 @@ class Delivery:
 
 
 def delivery(
-    sends: list[tuple[str, str, float | None]],
+    sends: list[tuple[str, str, float | None, float | None]],
     *,
     n: int,
     senders: list[str | None],
@@ -612,14 +615,17 @@ def delivery(
 ) -> Delivery:
     """Every customer exactly once; each sender's busiest one-second window, in texts and in
     segments (``segments_of``: To -> the segments of the text the ledger holds)."""
-    to_count = Counter(to for _, to, _ in sends)
+    to_count = Counter(to for _, to, _, _ in sends)
     expected = {phone_of(i) for i in range(n)}
     by_sender: dict[str, list[tuple[float, str]]] = {}
     first: dict[str, float] = {}
-    for sender, to, received in sends:
+    read_by_sender: dict[str, list[tuple[float, int]]] = {}
+    for sender, to, received, read in sends:
         if received is not None:
             by_sender.setdefault(sender, []).append((received, to))
             first[to] = min(first.get(to, received), received)
+        if read is not None:
+            read_by_sender.setdefault(sender, []).append((read, segments_of.get(to, 1)))
     texts = [busiest_window([(t, 1) for t, _ in ts]) for ts in by_sender.values()]
     segs = [
         busiest_window([(t, segments_of.get(to, 1)) for t, to in ts]) for ts in by_sender.values()
@@ -629,19 +635,22 @@ def delivery(
         missed=len(expected - set(to_count)),
         duplicates=sum(1 for c in to_count.values() if c > 1),
         unknown_numbers=len(set(to_count) - expected),
-        unknown_senders=sorted({s for s, _, _ in sends} - {s or "-" for s in senders})[:5],
+        unknown_senders=sorted({s for s, _, _, _ in sends} - {s or "-" for s in senders})[:5],
         busiest_texts=max(texts, default=0),
         busiest_segments=max(segs, default=0),
         senders_over=sum(1 for s in segs if s > rate + 1e-9),
+        busiest_read_segments=max(map(busiest_window, read_by_sender.values()), default=0),
         first_texted=first,
     )
 
 
-def read_record(record: Path) -> list[tuple[str, str, float | None]]:
-    sends: list[tuple[str, str, float | None]] = []
+def read_record(record: Path) -> list[tuple[str, str, float | None, float | None]]:
+    """sender, To, when the request reached the fake, when the fake read it (an older fake
+    wrote only when it read it)."""
+    sends: list[tuple[str, str, float | None, float | None]] = []
     for line in record.read_text().splitlines():
-        sender, to, received = line.split("\t")
-        sends.append((sender, to, float(received)))
+        sender, to, received, *read = line.split("\t")
+        sends.append((sender, to, float(received), float(read[0] if read else received)))
     return sends
 
 
@@ -723,6 +732,7 @@ def print_block(f: dict[str, Any], *, twilio: bool, kill: bool) -> None:
             f" one sender = {f['busiest_ratio']:.2f} x the rate;"
             f" {f['senders_over']} senders over"
             f" -> {'VIOLATION' if f['senders_over'] else 'OK'}"
+            f" (by when the fake read them: {f['busiest_read_segments']} segments)"
         )
     lines.append(
         f"delivery       {f['delivered']:,} texts: {f['missed']} customers missed,"
@@ -988,12 +998,12 @@ class Day(Scratch):
             return fake_has(self.base_url, n)
         return len(console_lines(self.out)) >= n
 
-    def sends(self) -> list[tuple[str, str, float | None]]:
+    def sends(self) -> list[tuple[str, str, float | None, float | None]]:
         """What reached the provider (the fake writes its record as it stops)."""
         if self.fake is not None:
             stop_server(self.fake)
             return read_record(self.record)
-        return [(s, to, None) for s, to in console_lines(self.out)]
+        return [(s, to, None, None) for s, to in console_lines(self.out)]
 
     def stop_processes(self) -> None:
         for proc in self.processes():
@@ -1228,6 +1238,7 @@ def figures(
         "busiest_segments": got.busiest_segments,
         "busiest_ratio": got.busiest_segments / day.rate,
         "senders_over": got.senders_over,
+        "busiest_read_segments": got.busiest_read_segments,
         "delivered": got.texts,
         "missed": got.missed,
         "duplicates": got.duplicates,

@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -72,8 +74,9 @@ class Recorded:
     status: str = "queued"
     date_sent: datetime | None = None
     extra: dict[str, str] = field(default_factory=dict)
-    # time.monotonic() when the request had been read: what a per-sender rate check looks at.
+    # time.monotonic() when the request reached the fake: what a per-sender rate check looks at.
     received: float = 0.0
+    read: float = 0.0  # ... and when the fake had read it (later if the fake waited for a core)
 
     def as_json(self, account_sid: str) -> dict[str, Any]:
         return {
@@ -235,10 +238,11 @@ class FakeTwilio:
             return found
 
     def write_record(self, path: str) -> None:
-        """One line per accepted message: sender (From or MessagingServiceSid), To, received."""
+        """One line per accepted message: sender (From or MessagingServiceSid), To, received,
+        read (monotonic)."""
         with self._lock:
             lines = [
-                f"{m.from_ or m.messaging_service_sid}\t{m.to}\t{m.received:.6f}\n"
+                f"{m.from_ or m.messaging_service_sid}\t{m.to}\t{m.received:.6f}\t{m.read:.6f}\n"
                 for m in self.messages
             ]
         with open(path, "w", encoding="utf-8") as out:
@@ -257,6 +261,7 @@ class FakeTwilio:
             validity_period=form.get("ValidityPeriod"),
             status="accepted" if form.get("MessagingServiceSid") else "queued",
             received=time.monotonic() if received is None else received,
+            read=time.monotonic(),
         )
         with self._lock:
             self.messages.append(rec)
@@ -460,34 +465,80 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+# Linux's SO_TIMESTAMPNS (and its control message): the kernel stamps each received segment with
+# CLOCK_REALTIME as it arrives, so a busy fake still knows when a request reached it.
+_SO_TIMESTAMPNS = 35
+_STAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+def _wake(readable: asyncio.Future[None]) -> None:
+    if not readable.done():
+        readable.set_result(None)
+
+
 class _AsyncServer:
     """The standalone server (the benchmark's): one asyncio loop instead of a thread per
-    connection, so the fake's own CPU and scheduling jitter stay small next to the workers'."""
+    connection, so the fake's own CPU and scheduling jitter stay small next to the workers'.
+
+    A request's ``received`` is when its last byte reached the socket, from the kernel's
+    receive timestamp: what a provider counts a sender's rate by. The time the fake got round
+    to reading it is kept beside (``read``); the two differ by however long this process waited
+    for a core, which is the instrument's delay, not the sender's."""
 
     def __init__(self, fake: FakeTwilio, host: str, port: int) -> None:
         self.fake = fake
         self.host = host
-        self.port = port
         self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._connection, host, port, backlog=1024)
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.sock = socket.create_server((host, port), backlog=1024)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self._accepting = self.loop.create_task(self._accept())
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    async def _accept(self) -> None:
+        while True:
+            conn, _ = await self.loop.sock_accept(self.sock)
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # not Linux: the read time stands in
+                conn.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            self.loop.create_task(self._connection(conn))
+
+    async def _recv(self, conn: socket.socket) -> tuple[bytes, float]:
+        """The next bytes on ``conn`` and when they arrived (monotonic)."""
+        while True:
+            try:
+                data, ancillary, _flags, _addr = conn.recvmsg(65536, _STAMP_SPACE)
+            except BlockingIOError:
+                readable: asyncio.Future[None] = self.loop.create_future()
+                fd = conn.fileno()
+                self.loop.add_reader(fd, _wake, readable)
+                try:
+                    await readable
+                finally:
+                    self.loop.remove_reader(fd)
+                continue
+            arrived = time.monotonic()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    arrived -= time.time() - (seconds + nanoseconds / 1e9)
+            return data, arrived
+
+    async def _connection(self, conn: socket.socket) -> None:
+        buffer = b""
+        arrived = 0.0
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                    return
+                while b"\r\n\r\n" not in buffer:
+                    data, arrived = await self._recv(conn)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
                 request_line, *header_lines = head.decode("latin-1").split("\r\n")
                 method, target, _version = request_line.split(" ", 2)
                 headers = {}
@@ -496,29 +547,33 @@ class _AsyncServer:
                         key, _, value = line.partition(":")
                         headers[key.strip().lower()] = value.strip()
                 length = int(headers.get("content-length", "0"))
-                body = await reader.readexactly(length) if length else b""
-                received = time.monotonic()
+                while len(buffer) < length:
+                    data, arrived = await self._recv(conn)
+                    if not data:
+                        return
+                    buffer += data
+                body, buffer = buffer[:length], buffer[length:]
                 reply = respond(
-                    self.fake, method, target, headers.get("authorization", ""), body, received
+                    self.fake, method, target, headers.get("authorization", ""), body, arrived
                 )
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
                 if reply.drop:
                     return
-                writer.write(reply.encode())
+                await self.loop.sock_sendall(conn, reply.encode())
                 if headers.get("connection", "").lower() == "close":
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, ValueError):
             return
         finally:
-            writer.close()
+            conn.close()
 
     def serve_forever(self) -> None:
         self.loop.run_forever()
 
     def close(self) -> None:
         # Kept-alive connections would wait for their next request for ever: end them here.
-        self.server.close()
+        self.sock.close()
         self.loop.run_until_complete(self._end_connections())
         self.loop.close()
 
@@ -545,7 +600,9 @@ def main() -> None:
     parser.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID)
     parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
     parser.add_argument(
-        "--record", metavar="FILE", help="on exit, write sender, To, received (monotonic) per text"
+        "--record",
+        metavar="FILE",
+        help="on exit: sender, To, received, read (monotonic) per text",
     )
     args = parser.parse_args()
     if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
