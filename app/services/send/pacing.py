@@ -4,8 +4,8 @@ Every process sending for a sender books slots on the same timeline (Redis for t
 a few at a time just ahead of use, so they all send at once instead of one booking a long run
 the others must wait out. A text of N segments takes N consecutive slots and leaves at its
 first. Slots are booked at RATE_MARGIN of the sender's rate and a text leaves within
-LATE_TOLERANCE of its slot, checked as its request starts (else its slot is given up and a
-fresh one booked), so any one-second window at the provider holds the slots of at most
+LATE_TOLERANCE of its slot, checked as its request starts (else its slot is given up and it
+takes one of its lane's next ones), so any one-second window at the provider holds the slots of at most
 (1 + LATE_TOLERANCE + transit) seconds: within the rate while that times RATE_MARGIN stays
 under 1, leaving ~30 ms for a request to reach the provider (bench/send_day.py checks it at the
 receiving end, by the kernel's arrival time of each request at the fake).
@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from app.aioloop import monotonic
@@ -73,6 +73,16 @@ class Hooks:
     defer_until: Callable[[], datetime]  # when texts turned away by an open circuit return
 
 
+@dataclass
+class Lane:
+    """One sender's texts of one batch, in a process: what its next rounds book slots for."""
+
+    carried: deque[Claimed] = field(default_factory=deque)  # claimed, slots missed: next ones
+    checking: int = 0  # its texts handed on, not yet past go()'s check
+    open: bool = True  # still booking (after it ends, a late text goes back to the ledger)
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Pacer:
     def __init__(
         self,
@@ -110,13 +120,31 @@ class Pacer:
     async def _lane(
         self, key: str, queue: deque[Text], started: set[asyncio.Task[None]], hooks: Hooks
     ) -> None:
+        lane = Lane()
+        try:
+            await self._pace(key, queue, lane, started, hooks)
+        finally:
+            lane.open = False
+
+    async def _pace(
+        self,
+        key: str,
+        queue: deque[Text],
+        lane: Lane,
+        started: set[asyncio.Task[None]],
+        hooks: Hooks,
+    ) -> None:
         permits = self.permits
         loop = asyncio.get_running_loop()
         rate = queue[0].rate
         chunk = max(1, int(rate * BOOK_AHEAD))
         waited = 0.0  # for this sender's slots
-        carried: deque[Claimed] = deque()  # claimed, their slots missed: the next ones
-        while queue or carried:
+        carried = lane.carried
+        while queue or carried or lane.checking:
+            if not (queue or carried):  # a text just started may yet come back: wait for it
+                lane.woken.clear()
+                await lane.woken.wait()
+                continue
             how = hooks.admit()
             if how is Admit.WAIT:  # the provider is down for everyone
                 for c in carried:
@@ -190,8 +218,9 @@ class Pacer:
                         hooks.give_back(c)
                     continue
                 went = True
+                lane.checking += 1
                 task: asyncio.Task[None] = loop.create_task(
-                    self.go(c, slot, key, rate, spacing, probe, hooks)
+                    self.go(c, slot, spacing, probe, lane, hooks)
                 )
                 started.add(task)
                 task.add_done_callback(started.discard)
@@ -199,38 +228,25 @@ class Pacer:
                 hooks.unprobe()
 
     async def go(
-        self,
-        c: Claimed,
-        slot: float,
-        key: str,
-        rate: float,
-        spacing: float,
-        probe: bool,
-        hooks: Hooks,
+        self, c: Claimed, slot: float, spacing: float, probe: bool, lane: Lane, hooks: Hooks
     ) -> None:
         """The request of a claimed text at its ``slot``, checked at the last moment before it
         goes: a task that starts late (a busy loop between the lane and here) would reach the
         provider together with the texts of the slots after its own and put more than the
-        rate into one second there. It books a fresh slot of its own instead, while its claim
-        is young enough (CLAIM_HOLD), else goes back unsent."""
-        while spacing and monotonic() - slot > LATE_TOLERANCE:
-            left = c.at + CLAIM_HOLD - monotonic()
-            first, granted = 0.0, 0
-            if left > 0:
-                try:
-                    first, granted, _ = await self.limiter.reserve_async(
-                        key, rate, c.text.segments, left
-                    )
-                except Exception as exc:  # noqa: BLE001 - nothing was sent: later is safe
-                    log.warning("rate limiter failed for %s: %r", key, exc)
-            if granted < c.text.segments:
-                if probe:
-                    hooks.unprobe()
-                hooks.give_back(c)
-                return
-            slot = monotonic() + first
-            await asyncio.sleep(first)
-        await hooks.start(c, probe)
+        rate into one second there. It goes back to its lane for the lane's next slots while
+        its claim is young enough (CLAIM_HOLD), else back to the ledger unsent."""
+        late = spacing and monotonic() - slot > LATE_TOLERANCE
+        lane.checking -= 1
+        lane.woken.set()
+        if not late:
+            await hooks.start(c, probe)
+            return
+        if probe:
+            hooks.unprobe()
+        if lane.open and monotonic() - c.at < CLAIM_HOLD:
+            lane.carried.append(c)
+        else:
+            hooks.give_back(c)
 
     async def _claim(
         self,
