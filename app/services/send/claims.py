@@ -7,7 +7,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from queue import Empty
 from typing import Any
 
 from sqlalchemy import Engine
@@ -15,7 +14,7 @@ from sqlalchemy import Engine
 from app.aioloop import monotonic
 from app.db import ledger
 from app.services.send.prepare import Text
-from app.services.send.queue_thread import STOP, QueueThread
+from app.services.send.queue_thread import QueueThread
 
 log = logging.getLogger("app.engine")
 
@@ -29,6 +28,8 @@ _Waiting = tuple[list[Text], "asyncio.Future[dict[int, int]]", asyncio.AbstractE
 
 class Claimer(QueueThread["_Waiting"]):
     thread_name = "sms-claims"
+    group_size = MAX_PER_CLAIM
+    gather_seconds = GATHER_SECONDS
 
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self.latency = 0.0  # a claim's recent round trip, gathering included, smoothed (s)
@@ -47,34 +48,13 @@ class Claimer(QueueThread["_Waiting"]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[int, int]] = loop.create_future()
         asked = monotonic()
-        self._put((texts, future, loop))
+        self._hand((texts, future, loop))
         try:
             return await future
         finally:
             self.latency += 0.05 * ((monotonic() - asked) - self.latency)
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is STOP:
-                return
-            waiting = [first]
-            stop = False
-            until = monotonic() + GATHER_SECONDS
-            while len(waiting) < MAX_PER_CLAIM:
-                try:
-                    more = self._queue.get(timeout=max(0.0, until - monotonic()))
-                except Empty:
-                    break
-                if more is STOP:
-                    stop = True
-                    break
-                waiting.append(more)
-            self._claim([w for w in waiting if isinstance(w, tuple)])
-            if stop:
-                return
-
-    def _claim(self, waiting: list[_Waiting]) -> None:
+    def _process(self, waiting: list[_Waiting]) -> None:
         claims = [
             ledger.Claim(t.row.id, t.ignore_window, t.changes)
             for texts, _, _ in waiting

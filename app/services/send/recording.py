@@ -9,17 +9,15 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from queue import Empty
 
 from sqlalchemy import Engine
 
-from app.aioloop import monotonic
 from app.db import ledger, undeliverable
 from app.domain.phones import mask_phone
 from app.metrics import worker as worker_metrics
 from app.services.send.delivery import CircuitChange, Delivered
 from app.services.send.prepare import Text
-from app.services.send.queue_thread import STOP, QueueThread
+from app.services.send.queue_thread import QueueThread
 from app.services.send.report import SendReport
 
 log = logging.getLogger("app.engine")
@@ -77,6 +75,8 @@ _Item = tuple[Batch, Text, Note, Callable[[int], None] | None] | CircuitChange
 
 class Recorder(QueueThread["_Item"]):
     thread_name = "sms-outcomes"
+    group_size = FLUSH_ROWS
+    gather_seconds = FLUSH_SECONDS
 
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
@@ -86,31 +86,13 @@ class Recorder(QueueThread["_Item"]):
     def put(
         self, batch: Batch, text: Text, note: Note, after: Callable[[int], None] | None = None
     ) -> None:
-        self._put((batch, text, note, after))
+        self._hand((batch, text, note, after))
 
     def circuit(self, change: CircuitChange) -> None:
-        self._put(change)
+        self._hand(change)
 
-    def _run(self) -> None:
-        buffer: list[_Item] = []
-        first = 0.0
-        while True:
-            wait = max(FLUSH_SECONDS - (monotonic() - first), 0.0) if buffer else None
-            try:
-                item = self._queue.get(timeout=wait)
-            except Empty:
-                pass
-            else:
-                if item is STOP:
-                    if buffer:
-                        self._write(buffer)
-                    return
-                if not buffer:
-                    first = monotonic()
-                buffer.append(item)  # type: ignore[arg-type]
-            if buffer and (len(buffer) >= FLUSH_ROWS or monotonic() - first >= FLUSH_SECONDS):
-                self._write(buffer)
-                buffer = []
+    def _process(self, group: list[_Item]) -> None:
+        self._write(group)
 
     def _write(self, items: list[_Item]) -> None:
         try:
