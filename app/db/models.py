@@ -18,6 +18,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     Numeric,
@@ -141,6 +142,9 @@ class Subscription(Base):
     __table_args__ = (
         UniqueConstraint("org_id", "external_id", name="uq_subscriptions_org_ext"),
         Index("ix_subscriptions_org_expires", "org_id", "expires_on"),
+        # The target of the ledger's (subscription_id, org_id) key; an index, so SQLite adds it
+        # without rebuilding this table (migration 0009).
+        Index("uq_subscriptions_id_org", "id", "org_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -166,10 +170,22 @@ class OptOut(Base):
 
 
 class Reminder(Base):
-    """The ledger. Sending claims a row with one conditional UPDATE from ``pending``."""
+    """The ledger. Sending claims a row with one conditional UPDATE from ``pending``.
+
+    A row belongs to its subscription and to that subscription's organization: one composite
+    key (subscription_id, org_id) says both, and deleting either deletes the row (an
+    organization's subscriptions go with it). The customer has its own key: a subscription may
+    move to another customer, and a row already tried keeps the customer it went to.
+    """
 
     __tablename__ = "reminders"
     __table_args__ = (
+        ForeignKeyConstraint(
+            ["subscription_id", "org_id"],
+            ["subscriptions.id", "subscriptions.org_id"],
+            ondelete="CASCADE",
+            name="fk_reminders_subscription_org",
+        ),
         UniqueConstraint(
             "subscription_id", "expires_on", "lead_days", name="uq_reminders_sub_expiry_lead"
         ),
@@ -183,8 +199,8 @@ class Reminder(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
-    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    org_id: Mapped[int] = mapped_column(BigId)
+    subscription_id: Mapped[int] = mapped_column(BigId)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     expires_on: Mapped[date] = mapped_column(Date)
     lead_days: Mapped[int] = mapped_column(Integer)

@@ -7,8 +7,9 @@ COPY-filled temporary table, when the plan shows bodies): the ledger's unique ke
 (subscription, expiry, lead day) makes a re-run or a concurrent run insert nothing twice,
 whatever the application did.
 
-Where a day's plan spends its time on PostgreSQL (bench/plan_day.py --statements): about two
-thirds of the page inserts are the ledger's three foreign-key checks, one trigger a row each.
+Where a day's plan spends its time on PostgreSQL (bench/plan_day.py --statements): about half
+of the page inserts are the ledger's two foreign-key checks (subscription and organization as
+one key, customer), one trigger a row each (EXPLAIN ANALYZE: 0.95 s of 1.8 s for 100,000 rows).
 """
 
 from __future__ import annotations
@@ -179,6 +180,15 @@ ON CONFLICT (subscription_id, expires_on, lead_days) DO NOTHING
 RETURNING id, status
 """
 
+# PostgreSQL hands back what the page added as one row a status, with the new pending ids as
+# one sorted array, not a row each: measured 0.07 s less a 100,000-row day (the rows' Python
+# conversion and sort). SQLite takes no INSERT inside WITH.
+_INSERT_PAGE_COUNTED_SQL = f"""
+WITH added AS ({_INSERT_PAGE_SQL})
+SELECT status, count(*), array_agg(id ORDER BY id) FILTER (WHERE status = 'pending')
+FROM added GROUP BY status
+"""
+
 _PAGE_SQL = """
 SELECT subscription_id, org_id, customer_id, expires_on, lead_days, days_left, phone, sender,
        skip_reason, customer_name, plan, amount, currency, local_date, turn
@@ -236,18 +246,27 @@ def insert_candidates(
             "now": _utc(conn, now),
             "stamp": _utc(conn, stamp),
         }
-        returned = conn.execute(text(_INSERT_PAGE_SQL), params).all()
-        done = Inserted(counts={}, pending=[])
-        for new_id, status in returned:
-            done.counts[status] = done.counts.get(status, 0) + 1
-            if status == "pending":
-                done.pending.append(int(new_id))
-        done.pending.sort()
-        yield done
+        yield _insert_page(conn, params)
         if upto is None:
             break
         turn, org_id = upto
     conn.execute(text("DROP TABLE _candidates"))
+
+
+def _insert_page(conn: Connection, params: dict[str, Any]) -> Inserted:
+    """One page into the ledger: the new rows by status, and the new pending ids in order."""
+    done = Inserted(counts={}, pending=[])
+    if conn.dialect.name == "postgresql":
+        for status, added, pending in conn.execute(text(_INSERT_PAGE_COUNTED_SQL), params):
+            done.counts[status] = added
+            done.pending = pending or done.pending
+        return done
+    for new_id, status in conn.execute(text(_INSERT_PAGE_SQL), params):
+        done.counts[status] = done.counts.get(status, 0) + 1
+        if status == "pending":
+            done.pending.append(int(new_id))
+    done.pending.sort()
+    return done
 
 
 def _utc(conn: Connection, moment: datetime) -> datetime:
