@@ -36,7 +36,18 @@ def make_sender() -> Sender:
     s = settings()
     check_provider_settings(s)
     configure_logging(s, stream=sys.stderr)
-    return Sender(engine=engine(), provider=build_provider(s), settings=s, limiter=_limiter(s))
+    share = None
+    if s.redis_configured:  # the workers' circuit too: one probe at a time for all
+        from app.services.circuit_share import RedisCircuitShare
+
+        share = RedisCircuitShare(s.redis_connection_url)
+    return Sender(
+        engine=engine(),
+        provider=build_provider(s),
+        settings=s,
+        limiter=_limiter(s),
+        circuit_share=share,
+    )
 
 
 def _limiter(s: Settings) -> RateLimiter:

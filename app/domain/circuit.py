@@ -3,7 +3,8 @@
 When the provider fails for everyone (an outage), an attempt says nothing about the customer's
 number, so it must not use up that text's retries: a run of transient errors across different
 numbers opens the circuit; while it is open texts wait (``pending``) and one request at a time
-probes the provider; the first success closes it. A failure counts against its text's retries
+probes the provider (one for all processes: app.services.circuit_share); the first success
+closes it. A failure counts against its text's retries
 only while the circuit stays closed, so a text is ``failed`` for retries only when its own
 number keeps failing while others get through.
 
@@ -68,6 +69,11 @@ class Breaker:
             self.probing = False
             self.next_probe = now + self.probe_every
         return self.opened_at is None
+
+    def probe_elsewhere(self, now: float) -> None:
+        """Another process holds the account's probe: this one waits a probe interval."""
+        self.probing = False
+        self.next_probe = now + self.probe_every
 
     def cancelled_probe(self) -> None:
         """The probe's text did not go after all (its claim was lost): another may probe."""

@@ -32,6 +32,7 @@ from app.db import ledger
 from app.domain import planning
 from app.metrics import worker as worker_metrics
 from app.providers.base import SmsProvider
+from app.services.circuit_share import CircuitShare
 from app.services.engine import OrgConfig
 from app.services.ratelimit import NoRateLimit, RateLimiter
 from app.services.send.admission import Admission
@@ -66,6 +67,7 @@ class Sender:
         provider: SmsProvider,
         settings: Settings,
         limiter: RateLimiter | None = None,
+        circuit_share: CircuitShare | None = None,
         clock: Callable[[], datetime] = planning.utcnow,
         max_rate_wait: float = MAX_RATE_WAIT,
     ) -> None:
@@ -76,7 +78,9 @@ class Sender:
         self.admission = Admission(settings.open_batches)
         self.claims = Claimer(engine, clock)
         self.recorder = Recorder(engine, clock)
-        self.delivery = Delivery(provider, settings, clock, self.recorder.circuit)
+        self.delivery = Delivery(
+            provider, settings, clock, self.recorder.circuit, share=circuit_share
+        )
         self.pacer = Pacer(
             limiter if limiter is not None and provider.paced else NoRateLimit(),
             concurrency=settings.send_concurrency,
@@ -119,6 +123,7 @@ class Sender:
         self.provider.close()
         if shared_loop().started:
             shared_loop().submit(self.limiter.aclose()).result(timeout=5)
+            shared_loop().submit(self.delivery.share.aclose()).result(timeout=5)
         self.limiter.close()
 
     def default_sender(self) -> str | None:

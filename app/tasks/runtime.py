@@ -25,6 +25,7 @@ from app.db.session import dispose_engines, get_engine
 from app.logs import configure_logging
 from app.metrics import worker as worker_metrics
 from app.providers import SmsProvider, build_provider, check_provider_settings
+from app.services.circuit_share import RedisCircuitShare
 from app.services.ratelimit_redis import RedisRateLimiter
 from app.services.sender import Sender
 from app.settings import Settings, get_settings
@@ -74,6 +75,7 @@ class Runtime:
                 provider=self.provider,
                 settings=self.settings,
                 limiter=RedisRateLimiter.from_url(self.settings.redis_connection_url),
+                circuit_share=RedisCircuitShare(self.settings.redis_connection_url),
             )
         return self._sender
 

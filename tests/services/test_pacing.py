@@ -42,8 +42,11 @@ class Seen:
         def unprobe() -> None:
             self.unprobed += 1
 
+        async def admit() -> Admit:
+            return Admit.SEND
+
         return Hooks(
-            admit=lambda: Admit.SEND,
+            admit=admit,
             unprobe=unprobe,
             claim=claim,
             start=start,

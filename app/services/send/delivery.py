@@ -19,10 +19,13 @@ from app.domain import planning
 from app.domain.circuit import Admit, Breaker
 from app.metrics import worker as worker_metrics
 from app.providers.base import PermanentError, SmsProvider, TransientError, UnknownOutcomeError
+from app.services.circuit_share import CircuitShare, LocalCircuitShare
 from app.services.send.prepare import Text
 from app.settings import Settings
 
 log = logging.getLogger("app.engine")
+
+LOOK_EVERY = 1.0  # seconds between looks at the shared circuit while this one is open
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Delivery:
         settings: Settings,
         clock: Callable[[], datetime],
         on_circuit: Callable[[CircuitChange], None],
+        share: CircuitShare | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -56,10 +60,38 @@ class Delivery:
         self.account = f"{provider.name}:{provider.account}"
         # Probe about as often as a retry would come, within 1..30 s.
         self.breaker = Breaker(probe_every=min(30.0, max(1.0, settings.retry_backoff_seconds)))
+        self.share: CircuitShare = share if share is not None else LocalCircuitShare()
         self._on_circuit = on_circuit
+        self._closes_at_open: int | None = None  # the shared close count when this one opened
+        self._next_look = 0.0
 
-    def admit(self) -> Admit:
-        return self.breaker.admit(monotonic())
+    async def admit(self) -> Admit:
+        """May a request go now? While the circuit is open: has another process closed it
+        (looked at once a second), else is this one the account's probe?"""
+        if not self.breaker.is_open:
+            return Admit.SEND
+        now = monotonic()
+        if self._closes_at_open is not None and now >= self._next_look:
+            self._next_look = now + LOOK_EVERY
+            try:
+                closes = await self.share.closes(self.account)
+            except Exception as exc:  # noqa: BLE001 - alone until it answers
+                log.debug("shared circuit of %s unreadable: %r", self.account, exc)
+                closes = self._closes_at_open
+            if closes > self._closes_at_open:
+                self._closed("another process's request got through")
+                return Admit.SEND
+        how = self.breaker.admit(now)
+        if how is Admit.PROBE:
+            try:
+                mine = await self.share.take_probe(self.account, self.breaker.probe_every)
+            except Exception as exc:  # noqa: BLE001 - alone until it answers: probe here
+                log.debug("shared circuit of %s unreadable: %r", self.account, exc)
+                mine = True
+            if not mine:
+                self.breaker.probe_elsewhere(now)
+                return Admit.WAIT
+        return how
 
     def wait_until(self) -> datetime:
         """When a text turned away by the open circuit is tried again."""
@@ -77,7 +109,7 @@ class Delivery:
             )
         except TransientError as exc:
             self._took(began, "transient")
-            if not self._failed(row.phone_e164, probe):
+            if not await self._failed(row.phone_e164, probe):
                 # The provider fails for everyone: the attempt is given back.
                 return Delivered(
                     ledger.PutBack(
@@ -92,7 +124,7 @@ class Delivery:
             return Delivered(self._retry_or_fail(text, attempt, exc))
         except PermanentError as exc:
             self._took(began, "permanent")
-            self._succeeded()  # a definite answer: the provider is up
+            await self._succeeded()  # a definite answer: the provider is up
             if exc.opted_out:
                 reason = "opted_out"
             elif exc.undeliverable:
@@ -106,10 +138,10 @@ class Delivery:
             )
         except UnknownOutcomeError as exc:
             self._took(began, "unknown")
-            self._failed(row.phone_e164, probe)
+            await self._failed(row.phone_e164, probe)
             return Delivered(ledger.Unknown(row.id, attempt, exc.code, exc.message))
         self._took(began, "accepted")
-        self._succeeded()
+        await self._succeeded()
         return Delivered(ledger.Sent(row.id, attempt, message_id, self.clock()))
 
     def _took(self, began: float, result: str) -> None:
@@ -127,10 +159,16 @@ class Delivery:
         )
         return ledger.Retry(row.id, attempt, at, exc.code, exc.message)
 
-    def _failed(self, number: str, probe: bool) -> bool:
+    async def _failed(self, number: str, probe: bool) -> bool:
         was_open = self.breaker.is_open
         counts = self.breaker.failed(number, monotonic(), probe=probe)
         if self.breaker.is_open and not was_open:
+            try:
+                self._closes_at_open = await self.share.closes(self.account)
+            except Exception as exc:  # noqa: BLE001 - alone until it answers
+                log.debug("shared circuit of %s unreadable: %r", self.account, exc)
+                self._closes_at_open = None
+            self._next_look = monotonic() + LOOK_EVERY
             b = self.breaker
             log.warning(
                 "circuit open for %s: %d failures in a row across %d numbers; texts wait "
@@ -143,15 +181,27 @@ class Delivery:
             self._on_circuit(CircuitChange(self.account, self.clock(), b.failures, len(b.numbers)))
         return counts
 
-    def _succeeded(self) -> None:
+    async def _succeeded(self) -> None:
+        if not self.breaker.is_open:
+            self.breaker.succeeded()
+            return
+        self._closed("the provider answers again")
+        try:
+            await self.share.closed(self.account)
+        except Exception as exc:  # noqa: BLE001 - the others close at their own probe
+            log.debug("shared circuit of %s unwritable: %r", self.account, exc)
+
+    def _closed(self, why: str) -> None:
         opened = self.breaker.opened_at
-        if self.breaker.succeeded():
-            log.warning(
-                "circuit closed for %s: the provider answers again after %.0f s",
-                self.account,
-                monotonic() - (opened or monotonic()),
-            )
-            self._on_circuit(CircuitChange(self.account, None, 0, 0))
+        self.breaker.succeeded()
+        self._closes_at_open = None
+        log.warning(
+            "circuit closed for %s: %s after %.0f s",
+            self.account,
+            why,
+            monotonic() - (opened or monotonic()),
+        )
+        self._on_circuit(CircuitChange(self.account, None, 0, 0))
 
 
 def valid_for(text: Text, now: datetime) -> int | None:

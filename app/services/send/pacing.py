@@ -62,7 +62,7 @@ class Claimed:
 class Hooks:
     """What a lane does with its texts; each note counts its text as done with the lane."""
 
-    admit: Callable[[], Admit]  # the circuit breaker: may a request go?
+    admit: Callable[[], Coroutine[None, None, Admit]]  # the circuit breaker: may one go?
     unprobe: Callable[[], None]  # the probe this lane was given did not go
     claim: Callable[[list[Text]], Coroutine[None, None, dict[int, int]]]
     #: the request of a claimed text, at its slot; its permit is given back once written
@@ -145,7 +145,7 @@ class Pacer:
                 lane.woken.clear()
                 await lane.woken.wait()
                 continue
-            how = hooks.admit()
+            how = await hooks.admit()
             if how is Admit.WAIT:  # the provider is down for everyone
                 for c in carried:
                     hooks.give_back(c)

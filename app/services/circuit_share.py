@@ -1,0 +1,89 @@
+"""One provider account's circuit, shared by every process that sends through it.
+
+Each process keeps its own breaker (``app.domain.circuit``) and opens it on its own failures:
+an outage reaches every process within a few requests. What they share, through Redis: the
+probe (while the circuit is open, one request at a time probes the provider, whichever process
+holds the account's probe) and the close (when any process's request gets through, the
+account's close count moves, and every process that opened before it closes at its next look
+instead of waiting for a probe of its own). If Redis does not answer, a process goes on alone,
+as with one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Protocol
+
+import redis.asyncio
+
+TIMEOUT_SECONDS = 1.0  # a look at the shared circuit never holds the event loop's texts longer
+
+
+class CircuitShare(Protocol):
+    async def take_probe(self, account: str, hold: float) -> bool:
+        """This process probes ``account`` for the next ``hold`` seconds, unless another does."""
+        ...
+
+    async def closes(self, account: str) -> int:
+        """How many times any process has closed ``account``'s circuit (only ever grows)."""
+        ...
+
+    async def closed(self, account: str) -> None:
+        """This process's request got through: ``account``'s circuit is closed for all."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalCircuitShare:
+    """One process alone: it always holds the probe, and no one else closes its circuit."""
+
+    async def take_probe(self, account: str, hold: float) -> bool:
+        return True
+
+    async def closes(self, account: str) -> int:
+        return 0
+
+    async def closed(self, account: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisCircuitShare:
+    """The probe is a key set only if absent, expiring after ``hold``; the closes a counter."""
+
+    def __init__(self, url: str, *, prefix: str = "reminders:circuit:") -> None:
+        self._url = url
+        self._prefix = prefix
+        self._token = f"{os.uname().nodename}:{os.getpid()}"
+        self._client: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
+
+    def _redis(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client[0] is not loop:
+            client = redis.asyncio.Redis.from_url(
+                self._url,
+                socket_timeout=TIMEOUT_SECONDS,
+                socket_connect_timeout=TIMEOUT_SECONDS,
+            )
+            self._client = (loop, client)
+        return self._client[1]
+
+    async def take_probe(self, account: str, hold: float) -> bool:
+        key = f"{self._prefix}{account}:probe"
+        millis = max(1, int(hold * 1000))
+        return bool(await self._redis().set(key, self._token, nx=True, px=millis))
+
+    async def closes(self, account: str) -> int:
+        return int(await self._redis().get(f"{self._prefix}{account}:closes") or 0)
+
+    async def closed(self, account: str) -> None:
+        await self._redis().incr(f"{self._prefix}{account}:closes")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client[1], None
+            await client.aclose(close_connection_pool=True)
