@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from typing import Protocol
 
 import redis.asyncio
@@ -58,7 +59,7 @@ class RedisCircuitShare:
     def __init__(self, url: str, *, prefix: str = "reminders:circuit:") -> None:
         self._url = url
         self._prefix = prefix
-        self._token = f"{os.uname().nodename}:{os.getpid()}"
+        self._token = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._client: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
 
     def _redis(self) -> redis.asyncio.Redis:
@@ -73,9 +74,14 @@ class RedisCircuitShare:
         return self._client[1]
 
     async def take_probe(self, account: str, hold: float) -> bool:
+        """Free, or already this process's (its last probe's text did not go: it may try
+        again at once, as a process alone would)."""
         key = f"{self._prefix}{account}:probe"
         millis = max(1, int(hold * 1000))
-        return bool(await self._redis().set(key, self._token, nx=True, px=millis))
+        client = self._redis()
+        if await client.set(key, self._token, nx=True, px=millis):
+            return True
+        return bool(await client.get(key) == self._token.encode())
 
     async def closes(self, account: str) -> int:
         return int(await self._redis().get(f"{self._prefix}{account}:closes") or 0)

@@ -82,6 +82,8 @@ def test_one_probe_for_all_processes_and_a_close_seen_by_all(redis_url: str) -> 
             await asyncio.sleep(a.breaker.probe_every)  # both are due to probe
             assert await a.admit() is Admit.PROBE
             assert await b.admit() is Admit.WAIT  # a holds the account's probe
+            a.breaker.cancelled_probe()  # a's probe text did not go (it missed its slot) ...
+            assert await a.admit() is Admit.PROBE  # ... a tries again at once, as if alone
             assert await b.admit() is Admit.WAIT
             provider.down = False
             before = provider.requests
