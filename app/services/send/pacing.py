@@ -10,7 +10,7 @@ at most (1 + LATE_TOLERANCE + transit) seconds: within the rate while that times
 stays under 1, leaving ~30 ms for a request to reach the provider (bench/send_day.py checks it
 at the receiving end, by the kernel's arrival time of each request at the fake).
 
-A lane books a quarter second of its sender's slots at a time; shortly before the first
+A lane books an eighth of a second of its sender's slots at a time; shortly before the first
 (the claims' own recent round trip, CLAIM_AHEAD at least) it takes a permit of SMS_CONCURRENCY
 for each of those texts and claims them in one go; each then leaves at its slot. A permit is
 given back when its text's outcome is written: a process never holds more claimed rows than
@@ -41,7 +41,7 @@ log = logging.getLogger("app.engine")
 
 RATE_MARGIN = 0.95
 LATE_TOLERANCE = 0.02
-BOOK_AHEAD = 0.25  # seconds of a sender's slots booked at a time
+BOOK_AHEAD = 0.125  # seconds of a sender's slots booked at a time
 CLAIM_AHEAD = 0.1  # a text is claimed this long before its slot (many in one statement)
 MAX_RATE_WAIT = 20.0
 UNPACED_CHUNK = 100  # texts claimed at once by a lane with no rate to keep
