@@ -17,7 +17,7 @@ from app.domain.planning import utcnow
 from app.providers.base import PermanentError, TransientError, UnknownOutcomeError
 from app.services import runner
 from app.services.engine import load_orgs, plan_day
-from app.services.send.pacing import RATE_MARGIN
+from app.services.send.pacing import BOOK_AHEAD, RATE_MARGIN
 from app.services.sender import Sender
 from tests.factories import (
     RecordingProvider,
@@ -407,7 +407,10 @@ def test_the_sender_rate_limit_spaces_texts_and_defers_what_does_not_fit(engine:
     finally:
         s.close()
     booked = 20 * RATE_MARGIN
-    assert 6 <= result.sent <= 12  # 0.5 s x 19/s, give or take the edges
+    # 0.5 s x 19/s, give or take the edges: a lane stops booking once it has waited 0.5 s for
+    # slots, so the last group it booked (BOOK_AHEAD of slots) may end past it, and the time its
+    # claims take is not counted as waiting.
+    assert 6 <= result.sent <= int(booked * (0.5 + BOOK_AHEAD)) + 3
     rows = ledger_rows(engine)
     waiting = [r for r in rows if r["status"] == "pending"]
     assert len(waiting) == 30 - result.sent and {r["attempts"] for r in waiting} == {0}
