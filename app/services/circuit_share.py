@@ -12,22 +12,29 @@ as with one process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from typing import Protocol
 
+import redis
 import redis.asyncio
+
+log = logging.getLogger("app.engine")
 
 TIMEOUT_SECONDS = 1.0  # a look at the shared circuit never holds the event loop's texts longer
 
 
 class CircuitShare(Protocol):
+    """Each method answers as a process alone would when the share cannot be reached."""
+
     async def take_probe(self, account: str, hold: float) -> bool:
         """This process probes ``account`` for the next ``hold`` seconds, unless another does."""
         ...
 
-    async def closes(self, account: str) -> int:
-        """How many times any process has closed ``account``'s circuit (only ever grows)."""
+    async def closes(self, account: str) -> int | None:
+        """How many times any process has closed ``account``'s circuit (only ever grows);
+        None: not known."""
         ...
 
     async def closed(self, account: str) -> None:
@@ -43,8 +50,8 @@ class LocalCircuitShare:
     async def take_probe(self, account: str, hold: float) -> bool:
         return True
 
-    async def closes(self, account: str) -> int:
-        return 0
+    async def closes(self, account: str) -> int | None:
+        return None
 
     async def closed(self, account: str) -> None:
         return None
@@ -53,8 +60,9 @@ class LocalCircuitShare:
         return None
 
 
-class RedisCircuitShare:
-    """The probe is a key set only if absent, expiring after ``hold``; the closes a counter."""
+class RedisCircuitShare(LocalCircuitShare):
+    """The probe is a key set only if absent, expiring after ``hold``; the closes a counter.
+    Redis not answering: the answers of a process alone (LocalCircuitShare's)."""
 
     def __init__(self, url: str, *, prefix: str = "reminders:circuit:") -> None:
         self._url = url
@@ -78,18 +86,33 @@ class RedisCircuitShare:
         again at once, as a process alone would)."""
         key = f"{self._prefix}{account}:probe"
         millis = max(1, int(hold * 1000))
-        client = self._redis()
-        if await client.set(key, self._token, nx=True, px=millis):
-            return True
-        return bool(await client.get(key) == self._token.encode())
+        try:
+            client = self._redis()
+            if await client.set(key, self._token, nx=True, px=millis):
+                return True
+            return bool(await client.get(key) == self._token.encode())
+        except (redis.RedisError, OSError) as exc:
+            _alone(account, exc)
+            return await super().take_probe(account, hold)
 
-    async def closes(self, account: str) -> int:
-        return int(await self._redis().get(f"{self._prefix}{account}:closes") or 0)
+    async def closes(self, account: str) -> int | None:
+        try:
+            return int(await self._redis().get(f"{self._prefix}{account}:closes") or 0)
+        except (redis.RedisError, OSError) as exc:
+            _alone(account, exc)
+            return await super().closes(account)
 
     async def closed(self, account: str) -> None:
-        await self._redis().incr(f"{self._prefix}{account}:closes")
+        try:
+            await self._redis().incr(f"{self._prefix}{account}:closes")
+        except (redis.RedisError, OSError) as exc:
+            _alone(account, exc)
 
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client[1], None
             await client.aclose(close_connection_pool=True)
+
+
+def _alone(account: str, exc: BaseException) -> None:
+    log.debug("shared circuit of %s unreachable, this process goes on alone: %r", account, exc)

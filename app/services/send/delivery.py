@@ -62,7 +62,7 @@ class Delivery:
         self.breaker = Breaker(probe_every=min(30.0, max(1.0, settings.retry_backoff_seconds)))
         self.share: CircuitShare = share if share is not None else LocalCircuitShare()
         self._on_circuit = on_circuit
-        self._closes_at_open: int | None = None  # the shared close count when this one opened
+        self._closes_at_open: int | None = None  # the shared close count when it opened
         self._next_look = 0.0
 
     async def admit(self) -> Admit:
@@ -73,24 +73,16 @@ class Delivery:
         now = monotonic()
         if self._closes_at_open is not None and now >= self._next_look:
             self._next_look = now + LOOK_EVERY
-            try:
-                closes = await self.share.closes(self.account)
-            except Exception as exc:  # noqa: BLE001 - alone until it answers
-                log.debug("shared circuit of %s unreadable: %r", self.account, exc)
-                closes = self._closes_at_open
-            if closes > self._closes_at_open:
+            closes = await self.share.closes(self.account)
+            if closes is not None and closes > self._closes_at_open:
                 self._closed("another process's request got through")
                 return Admit.SEND
         how = self.breaker.admit(now)
-        if how is Admit.PROBE:
-            try:
-                mine = await self.share.take_probe(self.account, self.breaker.probe_every)
-            except Exception as exc:  # noqa: BLE001 - alone until it answers: probe here
-                log.debug("shared circuit of %s unreadable: %r", self.account, exc)
-                mine = True
-            if not mine:
-                self.breaker.probe_elsewhere(now)
-                return Admit.WAIT
+        if how is Admit.PROBE and not await self.share.take_probe(
+            self.account, self.breaker.probe_every
+        ):
+            self.breaker.probe_elsewhere(now)
+            return Admit.WAIT
         return how
 
     def wait_until(self) -> datetime:
@@ -163,11 +155,7 @@ class Delivery:
         was_open = self.breaker.is_open
         counts = self.breaker.failed(number, monotonic(), probe=probe)
         if self.breaker.is_open and not was_open:
-            try:
-                self._closes_at_open = await self.share.closes(self.account)
-            except Exception as exc:  # noqa: BLE001 - alone until it answers
-                log.debug("shared circuit of %s unreadable: %r", self.account, exc)
-                self._closes_at_open = None
+            self._closes_at_open = await self.share.closes(self.account)
             self._next_look = monotonic() + LOOK_EVERY
             b = self.breaker
             log.warning(
@@ -186,10 +174,7 @@ class Delivery:
             self.breaker.succeeded()
             return
         self._closed("the provider answers again")
-        try:
-            await self.share.closed(self.account)
-        except Exception as exc:  # noqa: BLE001 - the others close at their own probe
-            log.debug("shared circuit of %s unwritable: %r", self.account, exc)
+        await self.share.closed(self.account)
 
     def _closed(self, why: str) -> None:
         opened = self.breaker.opened_at
