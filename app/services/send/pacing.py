@@ -210,12 +210,8 @@ class Pacer:
                 if pause > 0:
                     waited += pause
                     await asyncio.sleep(pause)
-                if spacing and monotonic() - slot > LATE_TOLERANCE:
-                    # Its slot passed while this process was busy: a later one, or back.
-                    if monotonic() - c.at < CLAIM_HOLD:
-                        carried.append(c)
-                    else:
-                        hooks.give_back(c)
+                if _late(slot, spacing):  # the process was busy: a later slot, or back
+                    _missed(c, lane, hooks)
                     continue
                 went = True
                 lane.checking += 1
@@ -235,7 +231,7 @@ class Pacer:
         provider together with the texts of the slots after its own and put more than the
         rate into one second there. It goes back to its lane for the lane's next slots while
         its claim is young enough (CLAIM_HOLD), else back to the ledger unsent."""
-        late = spacing and monotonic() - slot > LATE_TOLERANCE
+        late = _late(slot, spacing)
         lane.checking -= 1
         lane.woken.set()
         if not late:
@@ -243,10 +239,7 @@ class Pacer:
             return
         if probe:
             hooks.unprobe()
-        if lane.open and monotonic() - c.at < CLAIM_HOLD:
-            lane.carried.append(c)
-        else:
-            hooks.give_back(c)
+        _missed(c, lane, hooks)
 
     async def _claim(
         self,
@@ -314,6 +307,20 @@ class Pacer:
         for t in queue:
             hooks.wait(t, opens + timedelta(seconds=int(ahead / rate)), DEFERRED)
             ahead += t.segments
+
+
+def _late(slot: float, spacing: float) -> bool:
+    """A paced text past its slot by more than LATE_TOLERANCE: it must not go now."""
+    return bool(spacing) and monotonic() - slot > LATE_TOLERANCE
+
+
+def _missed(c: Claimed, lane: Lane, hooks: Hooks) -> None:
+    """A claimed text that missed its slot: one of its lane's next slots while its claim is
+    young (CLAIM_HOLD) and the lane still books, else back to the ledger unsent."""
+    if lane.open and monotonic() - c.at < CLAIM_HOLD:
+        lane.carried.append(c)
+    else:
+        hooks.give_back(c)
 
 
 def _text(item: Text | Claimed) -> Text:

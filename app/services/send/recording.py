@@ -91,10 +91,7 @@ class Recorder(QueueThread["_Item"]):
     def circuit(self, change: CircuitChange) -> None:
         self._hand(change)
 
-    def _process(self, group: list[_Item]) -> None:
-        self._write(group)
-
-    def _write(self, items: list[_Item]) -> None:
+    def _process(self, items: list[_Item]) -> None:
         try:
             self._write_notes(items)
         finally:
