@@ -18,7 +18,8 @@ import redis.asyncio
 from app.aioloop import monotonic
 
 # KEYS[1]: the key's next free slot (microseconds on Redis's clock).
-# ARGV: spacing between slots, slots wanted, furthest first slot (microseconds, count, µs).
+# ARGV: spacing between slots, slots wanted, furthest first slot, soonest first slot
+# (microseconds, count, µs, µs).
 # Returns {wait until the first slot, slots granted, Redis's clock}; slots past max_wait are
 # not booked.
 _RESERVE = """
@@ -27,8 +28,9 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local spacing = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
+local earliest = now + tonumber(ARGV[4] or '0')
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
-if slot < now then slot = now end
+if slot < earliest then slot = earliest end
 local wait = slot - now
 if wait > max_wait then return {wait, 0, now} end
 local granted = math.min(wanted, math.floor((max_wait - wait) / spacing) + 1)
@@ -89,15 +91,15 @@ class RedisRateLimiter:
         return cls(redis.Redis(connection_pool=pool), url=url, max_connections=max_connections)
 
     def reserve(
-        self, key: str, rate: float, count: int, max_wait: float
+        self, key: str, rate: float, count: int, max_wait: float, not_before: float = 0.0
     ) -> tuple[float, int, float]:
         """One round trip books a whole batch's slots (see app.services.ratelimit)."""
-        args, spacing = _script_args(rate, count, max_wait)
+        args, spacing = _script_args(rate, count, max_wait, not_before)
         wait_us, granted, _ = self._reserve(keys=[self._prefix + key], args=args)
         return int(wait_us) / 1_000_000, int(granted), spacing
 
     async def reserve_async(
-        self, key: str, rate: float, count: int, max_wait: float
+        self, key: str, rate: float, count: int, max_wait: float, not_before: float = 0.0
     ) -> tuple[float, int, float]:
         """``reserve`` on the running event loop, with no thread hand-off.
 
@@ -113,7 +115,7 @@ class RedisRateLimiter:
             )
             client = redis.asyncio.Redis(connection_pool=pool)
             self._async = (loop, client, client.register_script(_RESERVE))
-        args, spacing = _script_args(rate, count, max_wait)
+        args, spacing = _script_args(rate, count, max_wait, not_before)
         asked = monotonic()
         wait_us, granted, now_us = await self._async[2](keys=[self._prefix + key], args=args)
         answered = monotonic()
@@ -140,10 +142,13 @@ class RedisRateLimiter:
             time.sleep(wait)
 
 
-def _script_args(rate: float, count: int, max_wait: float) -> tuple[list[int], float]:
+def _script_args(
+    rate: float, count: int, max_wait: float, not_before: float
+) -> tuple[list[int], float]:
     """The reserve script's ARGV (microseconds) and the slot spacing in seconds."""
     spacing_us = max(1, round(1_000_000 / rate))
-    return [spacing_us, count, round(max_wait * 1_000_000)], spacing_us / 1_000_000
+    args = [spacing_us, count, round(max_wait * 1_000_000), round(max(0.0, not_before) * 1e6)]
+    return args, spacing_us / 1_000_000
 
 
 def _pool_options(max_connections: int) -> dict[str, Any]:

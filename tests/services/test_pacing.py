@@ -142,3 +142,60 @@ def test_a_lane_waits_for_its_last_texts_check_and_books_again_for_a_late_one() 
     pacer.go = go_after_a_stall  # type: ignore[method-assign]
     asyncio.run(pacer.run([text], replace(hooks, claim=claim)))
     assert calls == 2 and len(seen.started) == 1 and not seen.given_back
+
+
+def test_a_lane_claims_its_next_slots_while_the_last_ones_wait_so_a_slow_claim_costs_none() -> None:
+    """Each claim takes 60 ms, longer than a slot (a busy database) plus LATE_TOLERANCE. A lane
+    that claimed its next round only after the last round's texts had left would find its
+    first slot past every time and waste it, or leave a claim's time between its rounds;
+    claiming while the last round waits for its slots, every booked slot is used (12 texts,
+    12 slots, none carried or given back) and the 12 leave one slot apart, 11 slots in all."""
+    seen = Seen()
+    booked = 0
+    at: list[float] = []
+
+    class Counting(LocalRateLimiter):
+        def reserve(
+            self, key: str, rate: float, count: int, max_wait: float, not_before: float = 0.0
+        ) -> tuple[float, int, float]:
+            nonlocal booked
+            first, granted, spacing = super().reserve(key, rate, count, max_wait, not_before)
+            booked += granted
+            return first, granted, spacing
+
+    pacer = Pacer(
+        Counting(),
+        concurrency=64,
+        max_rate_wait=20.0,
+        clock=lambda: datetime.now(UTC),
+        claim_ahead=lambda: 0.1,
+    )
+    texts = [
+        cast(
+            Text,
+            SimpleNamespace(
+                segments=1,
+                key="k",
+                rate=30.0,
+                row=SimpleNamespace(id=i),
+                org=SimpleNamespace(timezone="UTC"),
+                today=datetime.now(UTC).date(),
+                ignore_window=True,
+            ),
+        )
+        for i in range(12)
+    ]
+
+    async def slow_claim(batch: list[Text]) -> dict[int, int]:
+        await asyncio.sleep(0.06)
+        return {t.row.id: 1 for t in batch}
+
+    async def start(c: Claimed, probe: bool) -> None:
+        at.append(time.monotonic())
+        seen.started.append(c)
+
+    asyncio.run(pacer.run(texts, replace(seen.hooks(), claim=slow_claim, start=start)))
+    assert sorted(c.text.row.id for c in seen.started) == list(range(12))
+    assert not seen.given_back
+    assert booked == 12
+    assert at[-1] - at[0] < 11 / 30 + 0.04

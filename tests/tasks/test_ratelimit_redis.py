@@ -62,3 +62,23 @@ def test_booking_from_the_event_loop_shares_the_timeline(broker: str) -> None:
     finally:
         worker.close()
         other.close()
+
+
+def test_slots_start_no_sooner_than_asked_but_a_busy_timeline_is_not_pushed_back(
+    broker: str,
+) -> None:
+    """A caller needing 0.2 s to get its texts ready asks for nothing sooner: an idle sender's
+    slots start then (not now, to pass unused); a sender booked further ahead is unchanged,
+    and no slot is left between the two bookings."""
+    from app.services.ratelimit import LocalRateLimiter
+
+    shared = RedisRateLimiter.from_url(broker)
+    try:
+        for limiter in (shared, LocalRateLimiter()):
+            key = f"twilio:+1555000{3 if limiter is shared else 4}"
+            first, granted, _ = limiter.reserve(key, 10.0, 3, 10.0, 0.2)
+            assert granted == 3 and 0.18 <= first <= 0.201
+            first, granted, _ = limiter.reserve(key, 10.0, 1, 10.0, 0.2)
+            assert granted == 1 and 0.48 <= first <= 0.501  # right after the three: 0.2 + 0.3
+    finally:
+        shared.close()

@@ -20,7 +20,7 @@ log = logging.getLogger("app.engine")
 
 MAX_PER_CLAIM = 100  # callers (lanes) per statement
 # The claimer gathers what comes within this long into one statement (texts are claimed
-# CLAIM_AHEAD before their slots, so a few milliseconds cost no text its slot).
+# ahead of their slots by two round trips, so a few milliseconds cost no text its slot).
 GATHER_SECONDS = 0.02
 
 _Waiting = tuple[list[Text], "asyncio.Future[dict[int, int]]", asyncio.AbstractEventLoop]
@@ -38,9 +38,10 @@ class Claimer(QueueThread["_Waiting"]):
         super().__init__()
 
     def ahead(self) -> float:
-        """How long before its slot a text should be claimed: room for a few of the recent
-        round trips (a busy process claims earlier)."""
-        return min(0.5, max(0.12, 4 * self.latency))
+        """How long before its slot a text should be claimed: room for two of the recent
+        round trips (a busy process claims earlier). Not more: a claimed text holds one of
+        SMS_CONCURRENCY's permits from its claim until its outcome is written."""
+        return min(0.5, max(0.05, 2 * self.latency))
 
     async def claim(self, texts: list[Text]) -> dict[int, int]:
         """Claim these texts' rows: {row id: attempt} of those won; a row missing is no longer

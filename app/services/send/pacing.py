@@ -11,8 +11,10 @@ stays under 1, leaving ~30 ms for a request to reach the provider (bench/send_da
 at the receiving end, by the kernel's arrival time of each request at the fake).
 
 A lane books an eighth of a second of its sender's slots at a time; shortly before the first
-(the claims' own recent round trip, CLAIM_AHEAD at least) it takes a permit of SMS_CONCURRENCY
-for each of those texts and claims them in one go; each then leaves at its slot. A permit is
+(a couple of the claims' own recent round trips) it takes a permit of SMS_CONCURRENCY for each
+of those texts and claims them in one go; each then leaves at its slot from a task of its own,
+while the lane books and claims the next ones, so one round's slots follow the last round's
+with no gap for the claim between them. A permit is
 given back when its text's outcome is written: a process never holds more claimed rows than
 SMS_CONCURRENCY, so a crash leaves at most that many texts uncertain. A claimed text that
 missed its slot (a busy process) takes one of the lane's next slots, for up to CLAIM_HOLD after
@@ -145,6 +147,13 @@ class Pacer:
                 lane.woken.clear()
                 await lane.woken.wait()
                 continue
+            if not carried and lane.checking and permits.locked():
+                # Every permit is taken and this lane holds some: it waits for its own texts
+                # (each goes, or comes back to take its next slots with its permit) rather than
+                # book slots it could not claim.
+                lane.woken.clear()
+                await lane.woken.wait()
+                continue
             how = await hooks.admit()
             if how is Admit.WAIT:  # the provider is down for everyone
                 for c in carried:
@@ -163,7 +172,9 @@ class Pacer:
             left = self.max_rate_wait - waited
             try:
                 first, granted, spacing = (
-                    await self.limiter.reserve_async(key, rate, want, left)
+                    # No sooner than a claim can be made: an idle sender's first slots
+                    # would pass while their texts are claimed, and go unused.
+                    await self.limiter.reserve_async(key, rate, want, left, self.claim_ahead())
                     if left > 0
                     else (0.0, 0, 0.0)
                 )
@@ -202,26 +213,49 @@ class Pacer:
             if pause > 0:
                 waited += pause
                 await asyncio.sleep(pause)
-            ready, no_permit = await self._claim(slotted, permits, hooks)
+            ready, no_permit = await self._claim(slotted, permits, lane, hooks)
             queue.extendleft(reversed(no_permit))
-            went = False
-            for c, slot in ready:
-                pause = slot - monotonic()
-                if pause > 0:
-                    waited += pause
-                    await asyncio.sleep(pause)
-                if _late(slot, spacing):  # the process was busy: a later slot, or back
-                    _missed(c, lane, hooks)
-                    continue
-                went = True
-                lane.checking += 1
-                task: asyncio.Task[None] = loop.create_task(
-                    self.go(c, slot, spacing, probe, lane, hooks)
-                )
-                started.add(task)
-                task.add_done_callback(started.discard)
-            if probe and not went:
-                hooks.unprobe()
+            if not ready:
+                if probe:
+                    hooks.unprobe()
+                continue
+            # The texts leave at their slots from a task of their own, while the lane books
+            # and claims its next slots: those then follow these with no gap of a claim's
+            # round trip, which would leave the first of them late and its slot unused.
+            lane.checking += len(ready)
+            release = loop.create_task(self._release(ready, spacing, probe, lane, hooks, started))
+            started.add(release)
+            release.add_done_callback(started.discard)
+
+    async def _release(
+        self,
+        ready: list[tuple[Claimed, float]],
+        spacing: float,
+        probe: bool,
+        lane: Lane,
+        hooks: Hooks,
+        started: set[asyncio.Task[None]],
+    ) -> None:
+        """Each claimed text at its slot: its request's task, or (late) the lane's next slots."""
+        loop = asyncio.get_running_loop()
+        went = False
+        for c, slot in ready:
+            pause = slot - monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            if _late(slot, spacing):  # the process was busy: a later slot, or back
+                lane.checking -= 1
+                _missed(c, lane, hooks)
+                lane.woken.set()
+                continue
+            went = True
+            task: asyncio.Task[None] = loop.create_task(
+                self.go(c, slot, spacing, probe, lane, hooks)
+            )
+            started.add(task)
+            task.add_done_callback(started.discard)
+        if probe and not went:
+            hooks.unprobe()
 
     async def go(
         self, c: Claimed, slot: float, spacing: float, probe: bool, lane: Lane, hooks: Hooks
@@ -245,12 +279,13 @@ class Pacer:
         self,
         slotted: list[tuple[Text | Claimed, float]],
         permits: asyncio.Semaphore,
+        lane: Lane,
         hooks: Hooks,
     ) -> tuple[list[tuple[Claimed, float]], list[Text]]:
         """A permit for each text not yet claimed, then one claim for them all: what may go,
         with its slot, in slot order; and the texts that found no permit free (the lane's
-        next round). A lane waits for a permit only while it holds none, so lanes cannot
-        starve each other of permits."""
+        next round). A lane waits for a permit only while it holds none (its texts waiting
+        for their slots hold theirs), so lanes cannot starve each other of permits."""
         fresh: list[tuple[Text, float]] = []
         ready: list[tuple[Claimed, float]] = []
         no_permit: list[Text] = []
@@ -263,7 +298,7 @@ class Pacer:
             if back is not None:
                 hooks.wait(item, *back)
                 continue
-            if (fresh or ready) and permits.locked():
+            if (fresh or ready or lane.checking or lane.carried) and permits.locked():
                 no_permit.append(item)  # never wait for a permit while holding one
                 continue
             await permits.acquire()
