@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -144,6 +145,55 @@ def test_a_lane_waits_for_its_last_texts_check_and_books_again_for_a_late_one() 
     assert calls == 2 and len(seen.started) == 1 and not seen.given_back
 
 
+class Counting(LocalRateLimiter):
+    """The process's own limiter, counting the slots it booked."""
+
+    booked = 0
+
+    def reserve(
+        self, key: str, rate: float, count: int, max_wait: float, not_before: float = 0.0
+    ) -> tuple[float, int, float]:
+        first, granted, spacing = super().reserve(key, rate, count, max_wait, not_before)
+        self.booked += granted
+        return first, granted, spacing
+
+
+def texts_of(n: int, *, senders: int, rate: float) -> list[Text]:
+    return [
+        cast(
+            Text,
+            SimpleNamespace(
+                segments=1,
+                key=f"k{i % senders}",
+                rate=rate,
+                row=SimpleNamespace(id=i),
+                org=SimpleNamespace(timezone="UTC"),
+                today=datetime.now(UTC).date(),
+                ignore_window=True,
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+def paced_by(limiter: Counting, *, concurrency: int, claim_ahead: float) -> Pacer:
+    return Pacer(
+        limiter,
+        concurrency=concurrency,
+        max_rate_wait=20.0,
+        clock=lambda: datetime.now(UTC),
+        claim_ahead=lambda: claim_ahead,
+    )
+
+
+def claims_taking(seconds: float) -> Callable[[list[Text]], Coroutine[None, None, dict[int, int]]]:
+    async def claim(batch: list[Text]) -> dict[int, int]:
+        await asyncio.sleep(seconds)
+        return {t.row.id: 1 for t in batch}
+
+    return claim
+
+
 def test_a_lane_claims_its_next_slots_while_the_last_ones_wait_so_a_slow_claim_costs_none() -> None:
     """Each claim takes 60 ms, longer than a slot (a busy database) plus LATE_TOLERANCE. A lane
     that claimed its next round only after the last round's texts had left would find its
@@ -151,51 +201,38 @@ def test_a_lane_claims_its_next_slots_while_the_last_ones_wait_so_a_slow_claim_c
     claiming while the last round waits for its slots, every booked slot is used (12 texts,
     12 slots, none carried or given back) and the 12 leave one slot apart, 11 slots in all."""
     seen = Seen()
-    booked = 0
     at: list[float] = []
-
-    class Counting(LocalRateLimiter):
-        def reserve(
-            self, key: str, rate: float, count: int, max_wait: float, not_before: float = 0.0
-        ) -> tuple[float, int, float]:
-            nonlocal booked
-            first, granted, spacing = super().reserve(key, rate, count, max_wait, not_before)
-            booked += granted
-            return first, granted, spacing
-
-    pacer = Pacer(
-        Counting(),
-        concurrency=64,
-        max_rate_wait=20.0,
-        clock=lambda: datetime.now(UTC),
-        claim_ahead=lambda: 0.1,
-    )
-    texts = [
-        cast(
-            Text,
-            SimpleNamespace(
-                segments=1,
-                key="k",
-                rate=30.0,
-                row=SimpleNamespace(id=i),
-                org=SimpleNamespace(timezone="UTC"),
-                today=datetime.now(UTC).date(),
-                ignore_window=True,
-            ),
-        )
-        for i in range(12)
-    ]
-
-    async def slow_claim(batch: list[Text]) -> dict[int, int]:
-        await asyncio.sleep(0.06)
-        return {t.row.id: 1 for t in batch}
+    limiter = Counting()
+    pacer = paced_by(limiter, concurrency=64, claim_ahead=0.1)
 
     async def start(c: Claimed, probe: bool) -> None:
         at.append(time.monotonic())
         seen.started.append(c)
 
-    asyncio.run(pacer.run(texts, replace(seen.hooks(), claim=slow_claim, start=start)))
+    texts = texts_of(12, senders=1, rate=30.0)
+    asyncio.run(pacer.run(texts, replace(seen.hooks(), claim=claims_taking(0.06), start=start)))
     assert sorted(c.text.row.id for c in seen.started) == list(range(12))
     assert not seen.given_back
-    assert booked == 12
+    assert limiter.booked == 12
     assert at[-1] - at[0] < 11 / 30 + 0.04
+
+
+def test_with_every_permit_taken_lanes_book_no_slots_they_cannot_use() -> None:
+    """Six senders of 1,000 slots a second and a process of 2 permits (each held for a 50 ms
+    request): texts wait for permits, not for slots. A lane booking first and then queueing
+    for a permit would find its slots past when it got one, and book again: here each text
+    costs about one slot, none is given back, and all 60 go once."""
+    seen = Seen()
+    limiter = Counting()
+    pacer = paced_by(limiter, concurrency=2, claim_ahead=0.02)
+
+    async def start(c: Claimed, probe: bool) -> None:
+        seen.started.append(c)
+        await asyncio.sleep(0.05)
+        pacer.permits.release()  # its outcome is written
+
+    texts = texts_of(60, senders=6, rate=1000.0)
+    asyncio.run(pacer.run(texts, replace(seen.hooks(), claim=claims_taking(0.005), start=start)))
+    assert sorted(c.text.row.id for c in seen.started) == list(range(60))
+    assert not seen.given_back
+    assert limiter.booked <= 66

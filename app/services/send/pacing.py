@@ -14,11 +14,13 @@ A lane books an eighth of a second of its sender's slots at a time; shortly befo
 (a couple of the claims' own recent round trips) it takes a permit of SMS_CONCURRENCY for each
 of those texts and claims them in one go; each then leaves at its slot from a task of its own,
 while the lane books and claims the next ones, so one round's slots follow the last round's
-with no gap for the claim between them. A permit is
-given back when its text's outcome is written: a process never holds more claimed rows than
-SMS_CONCURRENCY, so a crash leaves at most that many texts uncertain. A claimed text that
-missed its slot (a busy process) takes one of the lane's next slots, for up to CLAIM_HOLD after
-its claim, then goes back unsent. What would wait more than ``max_rate_wait`` in all for the
+with no gap for the claim between them. While every permit is taken, a lane holding none
+waits for one before it books (a slot booked first would pass while it queued for a permit),
+and it books no more slots than it has permits for. A permit is given back when its text's
+outcome is written: a process never holds more claimed rows than SMS_CONCURRENCY, so a crash
+leaves at most that many texts uncertain. A claimed text that missed its slot (a busy process)
+takes one of the lane's next slots, for up to CLAIM_HOLD after its claim, then goes back
+unsent. What would wait more than ``max_rate_wait`` in all for the
 sender's slots goes back to the ledger for later; waiting for this process does not count.
 """
 
@@ -81,6 +83,7 @@ class Lane:
 
     carried: deque[Claimed] = field(default_factory=deque)  # claimed, slots missed: next ones
     checking: int = 0  # its texts handed on, not yet past go()'s check
+    held: int = 0  # permits it took while none was free, for its next texts
     open: bool = True  # still booking (after it ends, a late text goes back to the ledger)
     woken: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -127,6 +130,7 @@ class Pacer:
             await self._pace(key, queue, lane, started, hooks)
         finally:
             lane.open = False
+            _give_up_held(lane, self.permits)
 
     async def _pace(
         self,
@@ -144,16 +148,20 @@ class Pacer:
         carried = lane.carried
         while queue or carried or lane.checking:
             if not (queue or carried):  # a text just started may yet come back: wait for it
+                _give_up_held(lane, permits)  # no text left to take it
                 lane.woken.clear()
                 await lane.woken.wait()
                 continue
-            if not carried and lane.checking and permits.locked():
-                # Every permit is taken and this lane holds some: it waits for its own texts
-                # (each goes, or comes back to take its next slots with its permit) rather than
-                # book slots it could not claim.
-                lane.woken.clear()
-                await lane.woken.wait()
-                continue
+            if not (carried or lane.held) and permits.locked():
+                # Every permit is taken: no slot is booked before a text of this lane has one.
+                if lane.checking:
+                    # It holds some: it waits for its own texts (each goes, or comes back
+                    # with its permit to take the lane's next slots).
+                    lane.woken.clear()
+                    await lane.woken.wait()
+                    continue
+                await permits.acquire()  # it holds none: it waits for one
+                lane.held += 1
             how = await hooks.admit()
             if how is Admit.WAIT:  # the provider is down for everyone
                 for c in carried:
@@ -165,10 +173,22 @@ class Pacer:
             probe = how is Admit.PROBE
             group: list[Text | Claimed] = []
             want = 0
+            # Slots only for texts that can be claimed: those it holds, and one per permit it
+            # holds or is free now. A slot booked for a text with no permit passes unused.
+            free = lane.held + permits._value
             while (carried or queue) and not (group and (probe or want >= chunk)):
-                item: Text | Claimed = carried.popleft() if carried else queue.popleft()
+                item: Text | Claimed
+                if carried:
+                    item = carried.popleft()
+                elif free:
+                    item = queue.popleft()
+                    free -= 1
+                else:
+                    break
                 group.append(item)
                 want += _text(item).segments
+            if not group:  # the free permits went to other lanes meanwhile
+                continue
             left = self.max_rate_wait - waited
             try:
                 first, granted, spacing = (
@@ -211,6 +231,8 @@ class Pacer:
                 return
             pause = slotted[0][1] - self.claim_ahead() - monotonic()
             if pause > 0:
+                if pause > self.claim_ahead():  # its slots are far: others use its permits
+                    _give_up_held(lane, permits)
                 waited += pause
                 await asyncio.sleep(pause)
             ready, no_permit = await self._claim(slotted, permits, lane, hooks)
@@ -282,10 +304,11 @@ class Pacer:
         lane: Lane,
         hooks: Hooks,
     ) -> tuple[list[tuple[Claimed, float]], list[Text]]:
-        """A permit for each text not yet claimed, then one claim for them all: what may go,
-        with its slot, in slot order; and the texts that found no permit free (the lane's
-        next round). A lane waits for a permit only while it holds none (its texts waiting
-        for their slots hold theirs), so lanes cannot starve each other of permits."""
+        """A permit for each text not yet claimed (one the lane holds, else a free one), then
+        one claim for them all: what may go, with its slot, in slot order; and the texts that
+        found no permit free (the lane's next round). A lane waits for a permit here only
+        while it holds none (its texts waiting for their slots hold theirs), so lanes cannot
+        starve each other of permits."""
         fresh: list[tuple[Text, float]] = []
         ready: list[tuple[Claimed, float]] = []
         no_permit: list[Text] = []
@@ -298,10 +321,13 @@ class Pacer:
             if back is not None:
                 hooks.wait(item, *back)
                 continue
-            if (fresh or ready or lane.checking or lane.carried) and permits.locked():
+            if lane.held:
+                lane.held -= 1
+            elif permits.locked() and (fresh or ready or lane.checking or lane.carried):
                 no_permit.append(item)  # never wait for a permit while holding one
                 continue
-            await permits.acquire()
+            else:
+                await permits.acquire()
             fresh.append((item, slot))
         if fresh:
             try:
@@ -356,6 +382,13 @@ def _missed(c: Claimed, lane: Lane, hooks: Hooks) -> None:
         lane.carried.append(c)
     else:
         hooks.give_back(c)
+
+
+def _give_up_held(lane: Lane, permits: asyncio.Semaphore) -> None:
+    """The permits a lane took for texts it has not claimed go back to the process."""
+    for _ in range(lane.held):
+        permits.release()
+    lane.held = 0
 
 
 def _text(item: Text | Claimed) -> Text:
