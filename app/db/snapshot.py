@@ -1,5 +1,6 @@
-"""What the ledger says right now, for the API's gauges: three set-based statements however
-many organizations there are (organizations and their days, the ledger, the events outbox).
+"""What the ledger says right now, for the API's gauges: four set-based statements however
+many organizations there are (organizations and their days, the ledger, the events outbox,
+the provider accounts' circuits).
 
 Read at scrape time, so a gauge is never staler than the scrape and no process has to keep
 counts in step with the ledger.
@@ -13,7 +14,7 @@ from datetime import date, datetime
 from sqlalchemy import Connection, case, func, literal, or_, select, tuple_
 
 from app.db import outbox
-from app.db.models import DailyRun, Organization, Reminder, aware_utc
+from app.db.models import DailyRun, Organization, ProviderCircuit, Reminder, aware_utc
 from app.domain import planning
 from app.domain.status import Status
 
@@ -47,6 +48,8 @@ class Snapshot:
     today: dict[tuple[int, str], int]  # (organization id, status) -> rows of its today
     backlog: dict[int, Backlog]
     events: dict[int, outbox.Backlog]  # event deliveries waiting and dead
+    # provider account -> when its circuit opened (None: closed), as its workers last said
+    circuits: dict[str, datetime | None]
 
 
 def read(conn: Connection, *, now: datetime) -> Snapshot:
@@ -83,7 +86,13 @@ def read(conn: Connection, *, now: datetime) -> Snapshot:
                 last_finished=aware_utc(row.finished),
             )
         )
-    return Snapshot(now, orgs, *_ledger(conn, orgs, now=now), outbox.backlogs(conn))
+    circuits = {
+        account: aware_utc(opened)
+        for account, opened in conn.execute(
+            select(ProviderCircuit.account, ProviderCircuit.opened_at)
+        )
+    }
+    return Snapshot(now, orgs, *_ledger(conn, orgs, now=now), outbox.backlogs(conn), circuits)
 
 
 def _ledger(

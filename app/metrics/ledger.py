@@ -120,6 +120,15 @@ def families(snap: snapshot.Snapshot) -> Iterator[GaugeMetricFamily]:
         unknown_age.add_metric(slug, _age(back.unknown_since, snap.at))
     yield from (rows, send_time, started, completed, due_age, unknown, unknown_age)
     yield from (events_waiting, events_age, events_dead)
+    circuit = GaugeMetricFamily(
+        "reminders_provider_circuit_open_since_timestamp_seconds",
+        "When the provider account's circuit opened (it failed for every number; texts wait, "
+        "pending), Unix seconds; 0 while closed.",
+        labels=["account"],
+    )
+    for account, opened in sorted(snap.circuits.items()):
+        circuit.add_metric([account], _stamp(opened))
+    yield circuit
 
 
 def registry(engine: Engine, clock: Callable[[], datetime]) -> CollectorRegistry:

@@ -244,3 +244,27 @@ def test_event_deliveries_waiting_and_dead_are_counted_per_organization(engine: 
     assert found[("reminders_events_dead", org("acme"))] == 1
     assert found[("reminders_events_waiting", org("kiwi"))] == 0
     assert found[("reminders_events_oldest_waiting_age_seconds", org("kiwi"))] == 0
+
+
+def test_a_provider_accounts_open_circuit_is_scraped_with_when_it_opened(engine: Engine) -> None:
+    """A provider failing for every number keeps texts waiting: the gauge says since when, so
+    an alert can tell an outage from a quiet day; it drops to 0 once the circuit closes."""
+    from app.db import ledger
+
+    opened = NOW - timedelta(minutes=12)
+    with engine.begin() as conn:
+        ledger.save_circuit(
+            conn, account="twilio:AC1", opened_at=opened, failures=9, numbers=7, now=opened
+        )
+        ledger.save_circuit(
+            conn, account="twilio:AC2", opened_at=None, failures=0, numbers=0, now=opened
+        )
+    name = "reminders_provider_circuit_open_since_timestamp_seconds"
+    samples = scrape(engine)
+    assert samples[(name, labels(account="twilio:AC1"))] == opened.timestamp()
+    assert samples[(name, labels(account="twilio:AC2"))] == 0
+    with engine.begin() as conn:
+        ledger.save_circuit(
+            conn, account="twilio:AC1", opened_at=None, failures=0, numbers=0, now=NOW
+        )
+    assert scrape(engine)[(name, labels(account="twilio:AC1"))] == 0
