@@ -14,6 +14,7 @@ from app.db.session import get_engine
 from app.domain.planning import utcnow
 from app.logs import configure_logging
 from app.providers import build_provider, check_provider_settings
+from app.services.circuit_share import CircuitShare, LocalCircuitShare, RedisCircuitShare
 from app.services.ratelimit import FallbackRateLimiter, LocalRateLimiter, RateLimiter
 from app.services.sender import Sender
 from app.settings import Settings, get_settings
@@ -36,17 +37,12 @@ def make_sender() -> Sender:
     s = settings()
     check_provider_settings(s)
     configure_logging(s, stream=sys.stderr)
-    share = None
-    if s.redis_configured:  # the workers' circuit too: one probe at a time for all
-        from app.services.circuit_share import RedisCircuitShare
-
-        share = RedisCircuitShare(s.redis_connection_url)
     return Sender(
         engine=engine(),
         provider=build_provider(s),
         settings=s,
         limiter=_limiter(s),
-        circuit_share=share,
+        circuit_share=_circuit_share(s),
     )
 
 
@@ -59,6 +55,13 @@ def _limiter(s: Settings) -> RateLimiter:
     return FallbackRateLimiter(
         RedisRateLimiter.from_url(s.redis_connection_url), LocalRateLimiter()
     )
+
+
+def _circuit_share(s: Settings) -> CircuitShare:
+    """The workers' circuit too, when there is a Redis: one probe at a time for all."""
+    if not s.redis_configured:
+        return LocalCircuitShare()
+    return RedisCircuitShare(s.redis_connection_url)
 
 
 def echo_json(data: Any) -> None:

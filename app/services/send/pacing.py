@@ -87,6 +87,11 @@ class Lane:
     open: bool = True  # still booking (after it ends, a late text goes back to the ledger)
     woken: asyncio.Event = field(default_factory=asyncio.Event)
 
+    async def wait_for_its_texts(self) -> None:
+        """Until one of its handed-on texts passes go()'s check (it went, or came back)."""
+        self.woken.clear()
+        await self.woken.wait()
+
 
 class Pacer:
     def __init__(
@@ -149,16 +154,14 @@ class Pacer:
         while queue or carried or lane.checking:
             if not (queue or carried):  # a text just started may yet come back: wait for it
                 _give_up_held(lane, permits)  # no text left to take it
-                lane.woken.clear()
-                await lane.woken.wait()
+                await lane.wait_for_its_texts()
                 continue
             if not (carried or lane.held) and permits.locked():
                 # Every permit is taken: no slot is booked before a text of this lane has one.
                 if lane.checking:
                     # It holds some: it waits for its own texts (each goes, or comes back
                     # with its permit to take the lane's next slots).
-                    lane.woken.clear()
-                    await lane.woken.wait()
+                    await lane.wait_for_its_texts()
                     continue
                 await permits.acquire()  # it holds none: it waits for one
                 lane.held += 1
@@ -258,26 +261,17 @@ class Pacer:
         hooks: Hooks,
         started: set[asyncio.Task[None]],
     ) -> None:
-        """Each claimed text at its slot: its request's task, or (late) the lane's next slots."""
+        """Each claimed text's task at its slot; go() judges whether it is still on time."""
         loop = asyncio.get_running_loop()
-        went = False
         for c, slot in ready:
             pause = slot - monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
-            if _late(slot, spacing):  # the process was busy: a later slot, or back
-                lane.checking -= 1
-                _missed(c, lane, hooks)
-                lane.woken.set()
-                continue
-            went = True
             task: asyncio.Task[None] = loop.create_task(
                 self.go(c, slot, spacing, probe, lane, hooks)
             )
             started.add(task)
             task.add_done_callback(started.discard)
-        if probe and not went:
-            hooks.unprobe()
 
     async def go(
         self, c: Claimed, slot: float, spacing: float, probe: bool, lane: Lane, hooks: Hooks
