@@ -1003,9 +1003,13 @@ def save_circuit(
     )
 
 
+def circuits(conn: Connection) -> dict[str, datetime | None]:
+    """Every provider account its workers reported, and since when its circuit is open (None:
+    closed)."""
+    stmt = select(ProviderCircuit.account, ProviderCircuit.opened_at)
+    return {account: at for account, at in conn.execute(stmt)}
+
+
 def open_circuits(conn: Connection) -> dict[str, datetime]:
     """Provider accounts whose circuit is open, and since when."""
-    stmt = select(ProviderCircuit.account, ProviderCircuit.opened_at).where(
-        ProviderCircuit.opened_at.is_not(None)
-    )
-    return {account: at for account, at in conn.execute(stmt) if at is not None}
+    return {account: at for account, at in circuits(conn).items() if at is not None}

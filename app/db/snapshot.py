@@ -13,8 +13,8 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection, case, func, literal, or_, select, tuple_
 
-from app.db import outbox
-from app.db.models import DailyRun, Organization, ProviderCircuit, Reminder, aware_utc
+from app.db import ledger, outbox
+from app.db.models import DailyRun, Organization, Reminder, aware_utc
 from app.domain import planning
 from app.domain.status import Status
 
@@ -86,13 +86,9 @@ def read(conn: Connection, *, now: datetime) -> Snapshot:
                 last_finished=aware_utc(row.finished),
             )
         )
-    circuits = {
-        account: aware_utc(opened)
-        for account, opened in conn.execute(
-            select(ProviderCircuit.account, ProviderCircuit.opened_at)
-        )
-    }
-    return Snapshot(now, orgs, *_ledger(conn, orgs, now=now), outbox.backlogs(conn), circuits)
+    return Snapshot(
+        now, orgs, *_ledger(conn, orgs, now=now), outbox.backlogs(conn), ledger.circuits(conn)
+    )
 
 
 def _ledger(
