@@ -723,7 +723,8 @@ def print_block(f: dict[str, Any], *, twilio: bool, kill: bool) -> None:
         " statements not counted (pg_stat_statements is not loaded)",
         f"Redis          {f['redis_commands_per_text']:.2f} commands per text:"
         f" {f['redis_limiter_per_text']:.2f} the rate limiter's"
-        f" ({f['redis_scripts_per_text']:.2f} EVALSHA + the TIME/GET/SET inside),"
+        f" ({f['redis_scripts_per_text']:.2f} EVALSHA booking"
+        f" {f.get('redis_bookings_per_text', 0):.2f} senders' slots, + the TIME/GET/SET inside),"
         f" {f['redis_other_per_text']:.2f} the rest (broker, results); top: {f['redis_top']}",
     ]
     if twilio:
@@ -1196,10 +1197,12 @@ def figures(
         k: after.redis_calls.get(k, 0) - before.redis_calls.get(k, 0) for k in after.redis_calls
     }
     scripts = calls.get("evalsha", 0) + calls.get("eval", 0)
-    # Redis counts the commands a script runs as commands too. The limiter's Lua runs TIME, GET
-    # and (when it books) SET; nothing else here sends TIME, and none of those runs more often
-    # than the scripts do: so each, capped at the script count, is the script's.
-    limiter = scripts + sum(min(calls.get(c, 0), scripts) for c in ("time", "get", "set"))
+    # Redis counts the commands a script runs as commands too. The limiter's Lua runs TIME once
+    # and a GET and (when it books) a SET per sender it books for; nothing else in a run sends
+    # TIME, GET or SET (the broker uses lists, no result is stored): so all of them are the
+    # script's. (Before the limiter booked many senders in one call, each was capped at the
+    # script count; in those runs both ways give the same figure.)
+    limiter = scripts + sum(calls.get(c, 0) for c in ("time", "get", "set"))
     redis_total = after.redis_total - before.redis_total
     top = sorted(((v, k) for k, v in calls.items() if v), reverse=True)[:6]
     busy = after.busy - before.busy
@@ -1231,6 +1234,7 @@ def figures(
         "pg_wal_cluster_bytes_per_text": per(wal_bytes, sent),
         "redis_commands_per_text": per(redis_total, sent),
         "redis_scripts_per_text": per(scripts, sent),
+        "redis_bookings_per_text": per(calls.get("get", 0), sent),  # one GET per sender booked
         "redis_limiter_per_text": per(limiter, sent),
         "redis_other_per_text": per(redis_total - limiter, sent),
         "redis_top": ", ".join(f"{k} {per(v, sent):.2f}" for v, k in top),

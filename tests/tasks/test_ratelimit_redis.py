@@ -82,3 +82,43 @@ def test_slots_start_no_sooner_than_asked_but_a_busy_timeline_is_not_pushed_back
             assert granted == 1 and 0.48 <= first <= 0.501  # right after the three: 0.2 + 0.3
     finally:
         shared.close()
+
+
+def test_lanes_booking_at_once_share_one_round_trip_and_each_key_its_own_timeline(
+    broker: str,
+) -> None:
+    """Many senders' lanes booking on one loop at the same moment: every slot of a key is
+    booked once (one after the other, none shared), another key is not pushed back, and the
+    bookings travel together instead of one script call each."""
+    import asyncio
+
+    import redis as redis_client
+
+    limiter = RedisRateLimiter.from_url(broker)
+    stats = redis_client.Redis.from_url(broker)
+    stats.config_resetstat()
+
+    async def book_all() -> list[tuple[str, float, int, float]]:
+        async def one(key: str) -> tuple[str, float, int, float]:
+            first, granted, spacing = await limiter.reserve_async(key, 10.0, 2, 10.0)
+            return key, first, granted, spacing
+
+        try:
+            keys = [f"twilio:+1555001{i % 4}" for i in range(20)]
+            return await asyncio.gather(*(one(k) for k in keys))
+        finally:
+            await limiter.aclose()
+
+    try:
+        booked = asyncio.run(book_all())
+    finally:
+        limiter.close()
+    calls = int(stats.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    calls += int(stats.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+    for key in {k for k, *_ in booked}:
+        firsts = sorted(first for k, first, granted, _ in booked if k == key)
+        assert all(granted == 2 for k, _, granted, _ in booked if k == key)
+        # Five lanes of two slots each at 10/s: 0, 0.2, 0.4, 0.6, 0.8 s (one timeline each).
+        gaps = [b - a for a, b in zip(firsts, firsts[1:], strict=False)]
+        assert firsts[0] < 0.05 and all(0.19 <= g <= 0.21 for g in gaps), (key, firsts)
+    assert 1 <= calls <= 3, calls  # 20 bookings, not 20 round trips
