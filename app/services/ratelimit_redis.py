@@ -1,7 +1,8 @@
 """The per-sender rate limit held in Redis, so it binds every worker process on every host.
 
-Each caller reserves the next free send slot for its key with one Lua script (atomic in Redis)
-and then sleeps until that slot. Slots are spaced 1/rate apart on Redis's own clock, so hosts
+Each caller reserves the next free send slots for its key with a Lua script (atomic in Redis;
+the callers on one event loop that ask while a call is on its way go together in the next one)
+and then sleeps until those slots. Slots are spaced 1/rate apart on Redis's own clock, so hosts
 with drifting clocks still agree, and a burst from many processes is spread out instead of
 pushing the provider past what the sender may send.
 """
