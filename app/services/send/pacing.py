@@ -248,30 +248,30 @@ class Pacer:
             # and claims its next slots: those then follow these with no gap of a claim's
             # round trip, which would leave the first of them late and its slot unused.
             lane.checking += len(ready)
-            release = loop.create_task(self._release(ready, spacing, probe, lane, hooks, started))
-            started.add(release)
-            release.add_done_callback(started.discard)
+            # Each text's task starts at its slot, from a timer of the loop's: the task's first
+            # step, go()'s check, comes on the loop's next turn after the timer's (a task asleep
+            # until the slot would take a turn more, and a busy loop's turns are what make a
+            # text late).
+            offset = loop.time() - monotonic()
+            for c, slot in ready:
+                loop.call_at(
+                    slot + offset, self._start, c, slot, spacing, probe, lane, hooks, started
+                )
 
-    async def _release(
+    def _start(
         self,
-        ready: list[tuple[Claimed, float]],
+        c: Claimed,
+        slot: float,
         spacing: float,
         probe: bool,
         lane: Lane,
         hooks: Hooks,
         started: set[asyncio.Task[None]],
     ) -> None:
-        """Each claimed text's task at its slot; go() judges whether it is still on time."""
-        loop = asyncio.get_running_loop()
-        for c, slot in ready:
-            pause = slot - monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            task: asyncio.Task[None] = loop.create_task(
-                self.go(c, slot, spacing, probe, lane, hooks)
-            )
-            started.add(task)
-            task.add_done_callback(started.discard)
+        """A claimed text's task, at its slot; go() judges whether it is still on time."""
+        task = asyncio.get_running_loop().create_task(self.go(c, slot, spacing, probe, lane, hooks))
+        started.add(task)
+        task.add_done_callback(started.discard)
 
     async def go(
         self, c: Claimed, slot: float, spacing: float, probe: bool, lane: Lane, hooks: Hooks
