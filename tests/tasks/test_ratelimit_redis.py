@@ -122,3 +122,38 @@ def test_lanes_booking_at_once_share_one_round_trip_and_each_key_its_own_timelin
         gaps = [b - a for a, b in zip(firsts, firsts[1:], strict=False)]
         assert firsts[0] < 0.05 and all(0.19 <= g <= 0.21 for g in gaps), (key, firsts)
     assert 1 <= calls <= 3, calls  # 20 bookings, not 20 round trips
+
+
+def test_lanes_booking_at_once_when_redis_is_down_all_fall_back_none_hangs() -> None:
+    """Redis unreachable: every lane gathered into the failed call hears it at once (none waits
+    for an answer that never comes), and the process limits its senders on its own instead."""
+    import asyncio
+    import socket
+
+    from app.services.ratelimit import FallbackRateLimiter, LocalRateLimiter
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    limiter = FallbackRateLimiter(
+        RedisRateLimiter.from_url(f"redis://127.0.0.1:{port}/0"), LocalRateLimiter()
+    )
+
+    async def book_all() -> list[tuple[float, int, float]]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(
+                    *(limiter.reserve_async("twilio:+15550020", 10.0, 2, 10.0) for _ in range(5))
+                ),
+                timeout=10,
+            )
+        finally:
+            await limiter.aclose()
+
+    try:
+        booked = asyncio.run(book_all())
+    finally:
+        limiter.close()
+    # The process's own timeline: ten slots at 10/s, one after the other.
+    firsts = sorted(first for first, granted, _ in booked if granted == 2)
+    assert len(firsts) == 5 and firsts[-1] >= 0.75, booked
