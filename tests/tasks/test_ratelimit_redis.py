@@ -91,6 +91,7 @@ def test_lanes_booking_at_once_share_one_round_trip_and_each_key_its_own_timelin
     booked once (one after the other, none shared), another key is not pushed back, and the
     bookings travel together instead of one script call each."""
     import asyncio
+    import itertools
 
     import redis as redis_client
 
@@ -119,7 +120,7 @@ def test_lanes_booking_at_once_share_one_round_trip_and_each_key_its_own_timelin
         firsts = sorted(first for k, first, granted, _ in booked if k == key)
         assert all(granted == 2 for k, _, granted, _ in booked if k == key)
         # Five lanes of two slots each at 10/s: 0, 0.2, 0.4, 0.6, 0.8 s (one timeline each).
-        gaps = [b - a for a, b in zip(firsts, firsts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(firsts)]
         assert firsts[0] < 0.05 and all(0.19 <= g <= 0.21 for g in gaps), (key, firsts)
     assert 1 <= calls <= 3, calls  # 20 bookings, not 20 round trips
 
