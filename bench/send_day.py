@@ -724,7 +724,7 @@ def print_block(f: dict[str, Any], *, twilio: bool, kill: bool) -> None:
         f"Redis          {f['redis_commands_per_text']:.2f} commands per text:"
         f" {f['redis_limiter_per_text']:.2f} the rate limiter's"
         f" ({f['redis_scripts_per_text']:.2f} EVALSHA booking"
-        f" {f.get('redis_bookings_per_text', 0):.2f} senders' slots, + the TIME/GET/SET inside),"
+        f" {f['redis_bookings_per_text']:.2f} senders' slots, + the TIME/GET/SET inside),"
         f" {f['redis_other_per_text']:.2f} the rest (broker, results); top: {f['redis_top']}",
     ]
     if twilio:

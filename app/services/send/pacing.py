@@ -252,10 +252,9 @@ class Pacer:
             # step, go()'s check, comes on the loop's next turn after the timer's (a task asleep
             # until the slot would take a turn more, and a busy loop's turns are what make a
             # text late).
-            offset = loop.time() - monotonic()
             for c, slot in ready:
-                loop.call_at(
-                    slot + offset, self._start, c, slot, spacing, probe, lane, hooks, started
+                loop.call_later(
+                    slot - monotonic(), self._start, c, slot, spacing, probe, lane, hooks, started
                 )
 
     def _start(
