@@ -89,11 +89,18 @@ def take(conn: Connection, sids: Sequence[str]) -> list[Taken]:
     arrived, deleted (the caller applies them in its transaction). Call ``lock`` first."""
     if not sids:
         return []
+    found: Sequence[Any]
     if conn.dialect.name == "postgresql":
         # Every recorded group asks, and almost never finds one: one statement, compiled once,
         # whatever the number of ids (it runs in every outcome's write).
-        rows = sorted(conn.execute(_TAKE, {"sids": list(sids)}).all())
-        return [Taken(row_id, sid, Receipt(s, code), to) for _, row_id, sid, s, code, to in rows]
+        found = sorted(conn.execute(_TAKE, {"sids": list(sids)}).all())
+    else:
+        found = _take_by_select(conn, sids)
+    return [Taken(row_id, sid, Receipt(s, code), to) for _, row_id, sid, s, code, to in found]
+
+
+def _take_by_select(conn: Connection, sids: Sequence[str]) -> Sequence[Any]:
+    """``take``'s rows (receipt id first) where DELETE … USING … RETURNING is not to hand."""
     found = conn.execute(
         select(
             EarlyReceipt.id,
@@ -107,10 +114,9 @@ def take(conn: Connection, sids: Sequence[str]) -> list[Taken]:
         .where(EarlyReceipt.sid.in_(list(sids)))
         .order_by(EarlyReceipt.id)
     ).all()
-    if not found:
-        return []
-    conn.execute(delete(EarlyReceipt).where(EarlyReceipt.id.in_([f[0] for f in found])))
-    return [Taken(row_id, sid, Receipt(s, code), to) for _, row_id, sid, s, code, to in found]
+    if found:
+        conn.execute(delete(EarlyReceipt).where(EarlyReceipt.id.in_([f[0] for f in found])))
+    return found
 
 
 _TAKE = text(
