@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import socket
 import threading
 import time
 
+import redis
+
+from app.services.ratelimit import FallbackRateLimiter, LocalRateLimiter
 from app.services.ratelimit_redis import RedisRateLimiter
 
 
@@ -42,8 +48,6 @@ def test_other_keys_are_not_slowed(broker: str) -> None:
 
 def test_booking_from_the_event_loop_shares_the_timeline(broker: str) -> None:
     """The engine books on its event loop; another process books synchronously: one timeline."""
-    import asyncio
-
     worker, other = RedisRateLimiter.from_url(broker), RedisRateLimiter.from_url(broker)
     first, granted, spacing = other.reserve("twilio:+15550002", 10.0, 5, 10.0)
     assert (granted, spacing) == (5, 0.1) and first < 0.05
@@ -70,8 +74,6 @@ def test_slots_start_no_sooner_than_asked_but_a_busy_timeline_is_not_pushed_back
     """A caller needing 0.2 s to get its texts ready asks for nothing sooner: an idle sender's
     slots start then (not now, to pass unused); a sender booked further ahead is unchanged,
     and no slot is left between the two bookings."""
-    from app.services.ratelimit import LocalRateLimiter
-
     shared = RedisRateLimiter.from_url(broker)
     try:
         for limiter in (shared, LocalRateLimiter()):
@@ -84,38 +86,40 @@ def test_slots_start_no_sooner_than_asked_but_a_busy_timeline_is_not_pushed_back
         shared.close()
 
 
+def _book_at_once(
+    limiter: RedisRateLimiter | FallbackRateLimiter, keys: list[str]
+) -> list[tuple[float, int, float]]:
+    """Two slots at 10/s for each of ``keys``, asked for at the same moment on one event loop
+    (as a process's lanes do); the limiter is closed afterwards."""
+
+    async def book_all() -> list[tuple[float, int, float]]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(limiter.reserve_async(k, 10.0, 2, 10.0) for k in keys)),
+                timeout=10,
+            )
+        finally:
+            await limiter.aclose()
+
+    try:
+        return asyncio.run(book_all())
+    finally:
+        limiter.close()
+
+
 def test_lanes_booking_at_once_share_one_round_trip_and_each_key_its_own_timeline(
     broker: str,
 ) -> None:
     """Many senders' lanes booking on one loop at the same moment: every slot of a key is
     booked once (one after the other, none shared), another key is not pushed back, and the
     bookings travel together instead of one script call each."""
-    import asyncio
-    import itertools
-
-    import redis as redis_client
-
-    limiter = RedisRateLimiter.from_url(broker)
-    stats = redis_client.Redis.from_url(broker)
+    stats = redis.Redis.from_url(broker)
     stats.config_resetstat()
-
-    async def book_all() -> list[tuple[str, float, int, float]]:
-        async def one(key: str) -> tuple[str, float, int, float]:
-            first, granted, spacing = await limiter.reserve_async(key, 10.0, 2, 10.0)
-            return key, first, granted, spacing
-
-        try:
-            keys = [f"twilio:+1555001{i % 4}" for i in range(20)]
-            return await asyncio.gather(*(one(k) for k in keys))
-        finally:
-            await limiter.aclose()
-
-    try:
-        booked = asyncio.run(book_all())
-    finally:
-        limiter.close()
-    calls = int(stats.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
-    calls += int(stats.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+    keys = [f"twilio:+1555001{i % 4}" for i in range(20)]
+    answers = _book_at_once(RedisRateLimiter.from_url(broker), keys)
+    booked = [(key, *got) for key, got in zip(keys, answers, strict=True)]
+    commands = stats.info("commandstats")
+    calls = sum(int(commands.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
     for key in {k for k, *_ in booked}:
         firsts = sorted(first for k, first, granted, _ in booked if k == key)
         assert all(granted == 2 for k, _, granted, _ in booked if k == key)
@@ -128,33 +132,13 @@ def test_lanes_booking_at_once_share_one_round_trip_and_each_key_its_own_timelin
 def test_lanes_booking_at_once_when_redis_is_down_all_fall_back_none_hangs() -> None:
     """Redis unreachable: every lane gathered into the failed call hears it at once (none waits
     for an answer that never comes), and the process limits its senders on its own instead."""
-    import asyncio
-    import socket
-
-    from app.services.ratelimit import FallbackRateLimiter, LocalRateLimiter
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     limiter = FallbackRateLimiter(
         RedisRateLimiter.from_url(f"redis://127.0.0.1:{port}/0"), LocalRateLimiter()
     )
-
-    async def book_all() -> list[tuple[float, int, float]]:
-        try:
-            return await asyncio.wait_for(
-                asyncio.gather(
-                    *(limiter.reserve_async("twilio:+15550020", 10.0, 2, 10.0) for _ in range(5))
-                ),
-                timeout=10,
-            )
-        finally:
-            await limiter.aclose()
-
-    try:
-        booked = asyncio.run(book_all())
-    finally:
-        limiter.close()
+    booked = _book_at_once(limiter, ["twilio:+15550020"] * 5)
     # The process's own timeline: ten slots at 10/s, one after the other.
     firsts = sorted(first for first, granted, _ in booked if granted == 2)
     assert len(firsts) == 5 and firsts[-1] >= 0.75, booked
