@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import signal
 import socket
@@ -415,6 +416,49 @@ def _list_page(fake: FakeTwilio, path: str, target: str, query: dict[str, str]) 
     return Reply(200, payload)
 
 
+# Linux's SO_TIMESTAMPNS (and its control message): the kernel stamps each received segment with
+# CLOCK_REALTIME as it arrives, so a busy fake still knows when a request reached it.
+_SO_TIMESTAMPNS = 35
+_STAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+def _stamp(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # not Linux: the read time stands in
+        conn.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """When the bytes just read reached the socket (monotonic): the kernel's stamp if it gave
+    one, else now."""
+    arrived = time.monotonic()
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", value[:16])
+            arrived -= time.time() - (seconds + nanoseconds / 1e9)
+    return arrived
+
+
+class _StampedReader(io.RawIOBase):
+    """A blocking connection's bytes, remembering when the last of them arrived: under a
+    buffered reader, ``arrived`` after a request's body is read is when its last byte came in,
+    however late this thread got the GIL to read it."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.arrived = time.monotonic()
+        _stamp(conn)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data, ancillary, _flags, _addr = self.conn.recvmsg(len(buffer), _STAMP_SPACE)
+        if data:
+            self.arrived = _arrival(ancillary)
+        buffer[: len(data)] = data
+        return len(data)
+
+
 class _Server(ThreadingHTTPServer):
     """The in-process server the tests use: a thread per connection, simple to stop and restart."""
 
@@ -441,10 +485,16 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # the socket's own reader: ours replaces it
+            self._raw = _StampedReader(self.connection)
+            self.rfile = io.BufferedReader(self._raw)
+
         def _handle(self, method: str) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length) if length else b""
-            received = time.monotonic()
+            received = self._raw.arrived
             reply = respond(
                 fake, method, self.path, self.headers.get("Authorization", ""), body, received
             )
@@ -463,12 +513,6 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             self._handle("GET")
 
     return Handler
-
-
-# Linux's SO_TIMESTAMPNS (and its control message): the kernel stamps each received segment with
-# CLOCK_REALTIME as it arrives, so a busy fake still knows when a request reached it.
-_SO_TIMESTAMPNS = 35
-_STAMP_SPACE = socket.CMSG_SPACE(16)
 
 
 def _wake(readable: asyncio.Future[None]) -> None:
@@ -503,8 +547,7 @@ class _AsyncServer:
             conn, _ = await self.loop.sock_accept(self.sock)
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with contextlib.suppress(OSError):  # not Linux: the read time stands in
-                conn.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            _stamp(conn)
             self.loop.create_task(self._connection(conn))
 
     async def _recv(self, conn: socket.socket) -> tuple[bytes, float]:
@@ -521,12 +564,7 @@ class _AsyncServer:
                 finally:
                     self.loop.remove_reader(fd)
                 continue
-            arrived = time.monotonic()
-            for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
-                    seconds, nanoseconds = struct.unpack("qq", value[:16])
-                    arrived -= time.time() - (seconds + nanoseconds / 1e9)
-            return data, arrived
+            return data, _arrival(ancillary)
 
     async def _connection(self, conn: socket.socket) -> None:
         buffer = b""
