@@ -344,7 +344,7 @@ def claim_texts(conn: Connection, claims: Sequence[Claim], *, now: datetime) -> 
         else:
             rich.setdefault(c.release_held, []).append(c)
     for release_held, ids in plain.items():
-        won.update(conn.execute(_claim_stmt(ids, now, release_held)).all())
+        won.update(conn.execute(_claim_stmt(conn, ids, now, release_held)).all())
     for release_held, group in rich.items():
         won.update(_claim_with_text(conn, group, now=now, release_held=release_held))
     return won
@@ -362,7 +362,7 @@ def _claim_with_text(
         won: dict[int, int] = {}
         for c in claims:
             assert c.text is not None
-            stmt = _claim_stmt([c.row_id], now, release_held).values(asdict(c.text))
+            stmt = _claim_stmt(conn, [c.row_id], now, release_held).values(asdict(c.text))
             won.update(conn.execute(stmt).all())
         return won
     rows = [c for c in claims if c.text is not None]
@@ -402,8 +402,8 @@ RETURNING r.id, r.attempts
 ).bindparams(bindparam("now", type_=Reminder.__table__.c.updated_at.type))
 
 
-def _claim_stmt(ids: list[int], now: datetime, release_held: bool) -> Any:
-    return _claim_where(Reminder.id.in_(ids), now, release_held)
+def _claim_stmt(conn: Connection, ids: list[int], now: datetime, release_held: bool) -> Any:
+    return _claim_where(_id_among(conn, ids), now, release_held)
 
 
 def _claim_where(rows: Any, now: datetime, release_held: bool) -> Any:
@@ -633,6 +633,16 @@ class TextRow:
     opted_out: bool
     nearest_sent: int | None  # fewest days left of this expiry's other texts that may be out
     undeliverable: bool  # the provider said this number cannot take texts
+
+
+def pending_org_ids(conn: Connection, ids: Sequence[int]) -> dict[int, int]:
+    """{row id: organization id} of those of ``ids`` still pending."""
+    if not ids:
+        return {}
+    stmt = select(Reminder.id, Reminder.org_id).where(
+        _id_among(conn, list(ids)), Reminder.status == PENDING
+    )
+    return {row_id: org_id for row_id, org_id in conn.execute(stmt)}
 
 
 def load_pending(conn: Connection, ids: Sequence[int]) -> list[TextRow]:

@@ -10,10 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from app.db import ledger
-from app.db.models import Reminder
 from app.domain import planning, rules
 from app.domain.segments import count_segments
 from app.domain.templates import TemplateRefused
@@ -51,13 +50,7 @@ def pending_orgs(
     conn: Connection, ids: Sequence[int]
 ) -> tuple[dict[int, int], dict[int, OrgConfig]]:
     """{row id: organization id} of the rows still pending, and those active organizations."""
-    org_of = dict(
-        conn.execute(
-            select(Reminder.id, Reminder.org_id).where(
-                Reminder.id.in_(list(ids)), Reminder.status == ledger.PENDING
-            )
-        ).all()
-    )
+    org_of = ledger.pending_org_ids(conn, ids)
     orgs = load_orgs(conn, set(org_of.values()))
     # An organization deactivated meanwhile: its rows are left alone.
     return {rid: oid for rid, oid in org_of.items() if oid in orgs}, orgs
