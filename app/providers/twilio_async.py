@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextvars
 import logging
-from urllib.parse import urlencode
 
 import aiohttp
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -28,16 +27,43 @@ def last_retry_after() -> str | None:
     return _retry_after.get()
 
 
+# What ``urlencode`` (``quote_plus``) writes: a byte always safe as itself, a space as ``+``,
+# any other byte as ``%XX``. quote_plus runs a Python loop over every byte of every text's
+# body (3% of a worker's time at a thousand texts a second); these tables are read in C.
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_BYTES = tuple(chr(b) if b in _SAFE else "+" if b == 0x20 else f"%{b:02X}" for b in range(256))
+
+
+class _Chars(dict[int, str]):
+    """str.translate's table: a character's code point to what it is written as (its UTF-8
+    bytes, each as above), filled in the first time a character is seen."""
+
+    def __missing__(self, code: int) -> str:
+        written = "".join(map(_BYTES.__getitem__, chr(code).encode()))
+        self[code] = written
+        return written
+
+
+_CHARS = _Chars()
+
+
+def _quote(value: object) -> str:
+    if isinstance(value, bytes):
+        return "".join(map(_BYTES.__getitem__, value))
+    return str(value).translate(_CHARS)
+
+
 def form_body(data: dict[str, object]) -> str:
-    """The form body exactly as requests encodes a dict: lists repeat the key, None is left out."""
-    pairs: list[tuple[str, object]] = []
+    """The form body exactly as requests encodes a dict (``urlencode``): lists repeat the key,
+    None is left out."""
+    pairs: list[str] = []
     for key, value in data.items():
         if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
             if value is not None:
-                pairs.append((key, value))
+                pairs.append(f"{_quote(key)}={_quote(value)}")
         else:
-            pairs.extend((key, v) for v in value if v is not None)
-    return urlencode(pairs)
+            pairs.extend(f"{_quote(key)}={_quote(v)}" for v in value if v is not None)
+    return "&".join(pairs)
 
 
 class AsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # the library ships no types
