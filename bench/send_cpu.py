@@ -48,7 +48,13 @@ class AsyncProvider(RecordingProvider):
     latency: float = 0.0
 
     async def send_async(
-        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        self,
+        to: str,
+        body: str,
+        sender: str | None,
+        *,
+        valid_for: int | None = None,
+        send_by: float | None = None,
     ) -> str:
         await asyncio.sleep(self.latency)
         self.sent.append((to, body, sender))

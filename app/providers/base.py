@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from app.aioloop import monotonic
+
 
 class ProviderError(Exception):
     """Base for provider failures. ``code`` is the provider's error code, if it gave one."""
@@ -55,6 +57,12 @@ class UnknownOutcomeError(ProviderError):
     """The request may have been accepted (e.g. a read timeout): never resend blindly."""
 
 
+class NotSent(Exception):
+    """The request was not made: its connection to the provider was ready only after its
+    ``send_by`` (a busy process, a connection still being opened). Nothing reached the
+    provider: the text may take a later slot of its sender's rate."""
+
+
 @dataclass(frozen=True)
 class SentMessage:
     """What a provider knows about a message it created (used by reconciliation)."""
@@ -71,6 +79,8 @@ class SmsProvider(Protocol):
 
     ``valid_for`` is how many seconds the text may wait in the provider's own queue before it
     must be dropped (the organization's window closes then); None means no limit of ours.
+    ``send_by`` (monotonic seconds) is when the request must be on its way at the latest: a
+    paced text's slot and tolerance. Past it, ``send_async`` raises NotSent instead of sending.
     Every method the sender and reconciliation call is declared here.
     """
 
@@ -89,7 +99,13 @@ class SmsProvider(Protocol):
     ) -> str: ...
 
     async def send_async(
-        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        self,
+        to: str,
+        body: str,
+        sender: str | None,
+        *,
+        valid_for: int | None = None,
+        send_by: float | None = None,
     ) -> str:
         """``send`` on the process's shared event loop (the sender's path)."""
         ...
@@ -118,8 +134,16 @@ class BlockingProvider:
         raise NotImplementedError
 
     async def send_async(
-        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        self,
+        to: str,
+        body: str,
+        sender: str | None,
+        *,
+        valid_for: int | None = None,
+        send_by: float | None = None,
     ) -> str:
+        if send_by is not None and monotonic() > send_by:
+            raise NotSent("its slot passed before a thread was free to send it")
         call = functools.partial(self.send, to, body, sender, valid_for=valid_for)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 

@@ -31,6 +31,7 @@ from urllib3.exceptions import (
 
 from app.aioloop import shared_loop
 from app.errors import ConfigError
+from app.providers import twilio_async
 from app.providers.base import (
     PermanentError,
     ProviderError,
@@ -230,7 +231,13 @@ class TwilioProvider:
             ) from None
 
     async def send_async(
-        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        self,
+        to: str,
+        body: str,
+        sender: str | None,
+        *,
+        valid_for: int | None = None,
+        send_by: float | None = None,
     ) -> str:
         """``send``, awaited on the shared loop (the engine's path: no thread per send).
 
@@ -248,6 +255,8 @@ class TwilioProvider:
         data["Body"] = body
         if valid_for is not None:
             data["ValidityPeriod"] = max(1, min(MAX_VALIDITY_SECONDS, valid_for))
+        # Each send is a task of its own (its own context): the value is this request's.
+        twilio_async.send_by.set(send_by)
         try:
             async with asyncio.timeout(self._deadline):
                 return await self._create(data)

@@ -10,10 +10,15 @@ from __future__ import annotations
 import base64
 import contextvars
 import logging
+from typing import Any
 
 import aiohttp
+from aiohttp.connector import Connection
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
+
+from app.aioloop import monotonic
+from app.providers.base import NotSent
 
 # The answer's Retry-After, per send: each send runs as its own task, and a task's context is
 # its own copy, so concurrent sends never see each other's value.
@@ -25,6 +30,35 @@ _retry_after: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 def last_retry_after() -> str | None:
     """``Retry-After`` of the last answer read in the calling task."""
     return _retry_after.get()
+
+
+# The request's ``send_by`` (monotonic), per send like Retry-After: checked once its
+# connection is ready, the last moment before its bytes go.
+send_by: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "twilio_send_by", default=None
+)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's pool, checking the request's ``send_by`` once it has its connection.
+
+    Taking a pooled connection never waits, but opening one takes a handshake and turns of a
+    busy loop: a paced text that waited for that would reach Twilio late, together with the
+    texts of the slots after its own, and put more than its sender's rate into one second
+    there. It is not sent (NotSent) and the connection goes back to the pool for the next."""
+
+    async def connect(
+        self, req: aiohttp.ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        conn = await super().connect(req, traces, timeout)
+        deadline = send_by.get()
+        if deadline is not None and monotonic() > deadline:
+            conn.release()
+            raise NotSent(
+                f"its connection was ready {1000 * (monotonic() - deadline):.0f} ms after its "
+                "slot's tolerance"
+            )
+        return conn
 
 
 # What ``urlencode`` (``quote_plus``) writes: a byte always safe as itself, a space as ``+``,
@@ -94,7 +128,7 @@ class AsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # the libra
     def _open(self) -> aiohttp.ClientSession:
         # No connection cap: sends in flight are already capped by the engine's thread pool,
         # and waiting for a pool slot would eat into the connect timeout.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        connector = _Connector(limit=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,

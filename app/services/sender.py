@@ -31,7 +31,7 @@ from app.aioloop import monotonic, shared_loop
 from app.db import ledger
 from app.domain import planning
 from app.metrics import worker as worker_metrics
-from app.providers.base import SmsProvider
+from app.providers.base import NotSent, SmsProvider
 from app.services.circuit_share import CircuitShare
 from app.services.engine import OrgConfig
 from app.services.ratelimit import NoRateLimit, RateLimiter
@@ -249,9 +249,11 @@ class Sender:
         def written(n: int) -> None:  # on the recorder's thread, once per group
             loop.call_soon_threadsafe(release, n)
 
-        async def start(c: Claimed, probe: bool) -> None:
+        async def start(c: Claimed, probe: bool, send_by: float | None) -> None:
             try:
-                note = await self._request(c, probe)
+                note = await self._request(c, probe, send_by)
+            except NotSent:
+                raise  # it keeps its permit for a later slot (the pacer's)
             except BaseException:
                 permits.release()
                 raise
@@ -282,7 +284,7 @@ class Sender:
         self.admission.left(text.key, 1)
         self.recorder.put(batch, text, note, after)
 
-    async def _request(self, c: Claimed, probe: bool) -> Note:
+    async def _request(self, c: Claimed, probe: bool, send_by: float | None) -> Note:
         """A claimed text at its slot: the request, and what its answer means."""
         text, attempt = c.text, c.attempt
         if monotonic() - c.at > self.settings.stale_sending_seconds / 2:
@@ -291,7 +293,9 @@ class Sender:
                 self.delivery.breaker.cancelled_probe()
             return Delivered(ledger.PutBack(text.row.id, attempt, self.clock(), ledger.DEFERRED))
         try:
-            return await self.delivery.deliver(text, attempt, probe=probe)
+            return await self.delivery.deliver(text, attempt, probe=probe, send_by=send_by)
+        except NotSent:
+            raise
         except Exception:
             log.exception(
                 "unexpected error sending ledger row %d of %s", text.row.id, text.org.slug

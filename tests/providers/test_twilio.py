@@ -12,7 +12,7 @@ import pytest
 
 from app.errors import ConfigError
 from app.providers import build_provider, check_provider_settings
-from app.providers.base import PermanentError, TransientError, UnknownOutcomeError
+from app.providers.base import NotSent, PermanentError, TransientError, UnknownOutcomeError
 from app.providers.twilio import TwilioProvider, check_settings, parse_retry_after
 from app.settings import Settings
 from tests.twilio_fake import DEFAULT_AUTH_TOKEN, DEFAULT_FROM, Behaviour, FakeTwilio
@@ -79,6 +79,27 @@ def test_send_posts_twilio_form_fields_and_returns_the_sid(
     assert message.to == TO and message.body == "Your plan ends in 3 days"
     assert message.from_ == FROM and message.messaging_service_sid is None
     assert message.status_callback == "https://hooks.example.org/twilio/status"
+
+
+def test_a_send_whose_connection_is_ready_after_its_send_by_is_not_made(
+    fake: FakeTwilio, provider: TwilioProvider
+) -> None:
+    """A paced text must be on its way by its slot's tolerance. Its connection (a new one, a
+    handshake away) is ready only after that: nothing reaches Twilio (NotSent, so the text
+    takes a later slot), and the connection serves the next send."""
+    late = provider._loop.submit(
+        provider.send_async(TO, "too late", None, send_by=time.monotonic())
+    )
+    with pytest.raises(NotSent):
+        late.result(timeout=5)
+    assert fake.requests == [] and fake.messages == []
+
+    on_time = provider._loop.submit(
+        provider.send_async(TO, "on time", None, send_by=time.monotonic() + 5)
+    )
+    sid = on_time.result(timeout=5)
+    [message] = fake.messages
+    assert message.sid == sid and message.body == "on time"
 
 
 def test_sender_rule(fake: FakeTwilio) -> None:

@@ -36,7 +36,13 @@ class Provider:
         self.requests = 0
 
     async def send_async(
-        self, to: str, body: str, sender: str | None, *, valid_for: int | None = None
+        self,
+        to: str,
+        body: str,
+        sender: str | None,
+        *,
+        valid_for: int | None = None,
+        send_by: float | None = None,
     ) -> str:
         self.requests += 1
         if self.down:

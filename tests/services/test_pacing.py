@@ -18,8 +18,9 @@ from typing import cast
 import pytest
 
 from app.domain.circuit import Admit
+from app.providers.base import NotSent
 from app.services.ratelimit import LocalRateLimiter
-from app.services.send.pacing import CLAIM_HOLD, Claimed, Hooks, Lane, Pacer
+from app.services.send.pacing import CLAIM_HOLD, LATE_TOLERANCE, Claimed, Hooks, Lane, Pacer
 from app.services.send.prepare import Text
 
 pytestmark = pytest.mark.timeout(30)
@@ -32,9 +33,14 @@ class Seen:
         self.started: list[Claimed] = []
         self.given_back: list[Claimed] = []
         self.unprobed = 0
+        self.send_by: list[float | None] = []
+        self.connection_late = False  # the provider's connection comes after send_by
 
     def hooks(self) -> Hooks:
-        async def start(c: Claimed, probe: bool) -> None:
+        async def start(c: Claimed, probe: bool, send_by: float | None) -> None:
+            self.send_by.append(send_by)
+            if self.connection_late:
+                raise NotSent("its connection was ready after its slot's tolerance")
             self.started.append(c)
 
         async def claim(texts: list[Text]) -> dict[int, int]:
@@ -78,9 +84,24 @@ def go(c: Claimed, late_by: float, seen: Seen, lane: Lane, *, probe: bool = Fals
 
 def test_a_text_on_time_goes() -> None:
     seen, lane, c = Seen(), Lane(), claimed()
+    slot = time.monotonic()
     go(c, 0.0, seen, lane)
     assert seen.started == [c] and not seen.given_back and not lane.carried
     assert lane.checking == 0 and lane.woken.is_set()
+    # The provider is told the same bound, to check once its connection is ready.
+    [send_by] = seen.send_by
+    assert send_by is not None and slot + LATE_TOLERANCE <= send_by < slot + LATE_TOLERANCE + 0.05
+
+
+def test_a_text_whose_connection_is_ready_after_its_slot_takes_its_lanes_next_slot() -> None:
+    """On time at go()'s check, but the provider's connection was still being opened when its
+    slot's tolerance passed: nothing was sent, and the text goes back to its lane like a late
+    one (its permit and claim kept), not to the ledger."""
+    seen, lane, c = Seen(), Lane(), claimed()
+    seen.connection_late = True
+    go(c, 0.0, seen, lane, probe=True)
+    assert seen.started == [] and seen.given_back == [] and list(lane.carried) == [c]
+    assert seen.unprobed == 1
 
 
 def test_a_text_whose_request_starts_late_takes_its_lanes_next_slot_instead_of_bunching() -> None:
@@ -205,7 +226,7 @@ def test_a_lane_claims_its_next_slots_while_the_last_ones_wait_so_a_slow_claim_c
     limiter = Counting()
     pacer = paced_by(limiter, concurrency=64, claim_ahead=0.1)
 
-    async def start(c: Claimed, probe: bool) -> None:
+    async def start(c: Claimed, probe: bool, send_by: float | None) -> None:
         at.append(time.monotonic())
         seen.started.append(c)
 
@@ -226,7 +247,7 @@ def test_with_every_permit_taken_lanes_book_no_slots_they_cannot_use() -> None:
     limiter = Counting()
     pacer = paced_by(limiter, concurrency=2, claim_ahead=0.02)
 
-    async def start(c: Claimed, probe: bool) -> None:
+    async def start(c: Claimed, probe: bool, send_by: float | None) -> None:
         seen.started.append(c)
         await asyncio.sleep(0.05)
         pacer.permits.release()  # its outcome is written

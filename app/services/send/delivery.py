@@ -89,15 +89,22 @@ class Delivery:
         """When a text turned away by the open circuit is tried again."""
         return self.clock() + timedelta(seconds=max(1.0, self.breaker.wait_hint(monotonic())))
 
-    async def deliver(self, text: Text, attempt: int, *, probe: bool) -> Delivered:
-        """The request, made now; the text was claimed for ``attempt``."""
+    async def deliver(
+        self, text: Text, attempt: int, *, probe: bool, send_by: float | None = None
+    ) -> Delivered:
+        """The request, made now; the text was claimed for ``attempt``. NotSent (from the
+        provider) when it could not be on its way by ``send_by``: nothing was sent."""
         row, org = text.row, text.org
         assert row.phone_e164 is not None
         now = self.clock()
         began = monotonic()
         try:
             message_id = await self.provider.send_async(
-                row.phone_e164, text.body, org.sender, valid_for=valid_for(text, now)
+                row.phone_e164,
+                text.body,
+                org.sender,
+                valid_for=valid_for(text, now),
+                send_by=send_by,
             )
         except TransientError as exc:
             self._took(began, "transient")

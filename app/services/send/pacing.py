@@ -37,6 +37,7 @@ from app.aioloop import monotonic
 from app.db.ledger import DEFERRED
 from app.domain.circuit import Admit
 from app.metrics import worker as worker_metrics
+from app.providers.base import NotSent
 from app.services.ratelimit import RateLimiter
 from app.services.send.delivery import still_true
 from app.services.send.prepare import Text
@@ -69,8 +70,9 @@ class Hooks:
     admit: Callable[[], Coroutine[None, None, Admit]]  # the circuit breaker: may one go?
     unprobe: Callable[[], None]  # the probe this lane was given did not go
     claim: Callable[[list[Text]], Coroutine[None, None, dict[int, int]]]
-    #: the request of a claimed text, at its slot; its permit is given back once written
-    start: Callable[[Claimed, bool], Coroutine[None, None, None]]
+    #: the request of a claimed text, at its slot; its permit is given back once written.
+    #: NotSent if it could not be on its way by the time given (it keeps its permit).
+    start: Callable[[Claimed, bool, float | None], Coroutine[None, None, None]]
     give_back: Callable[[Claimed], None]  # claimed, not tried: pending again (permit as start)
     wait: Callable[[Text, datetime, str], None]  # unclaimed: pending until, with reason
     lost: Callable[[Text], None]  # someone else has the row
@@ -284,8 +286,13 @@ class Pacer:
         lane.checking -= 1
         lane.woken.set()
         if not late:
-            await hooks.start(c, probe)
-            return
+            try:
+                # The provider checks the same bound once its connection is ready, the last
+                # moment before the request's bytes go.
+                await hooks.start(c, probe, slot + LATE_TOLERANCE if spacing else None)
+                return
+            except NotSent:
+                pass
         if probe:
             hooks.unprobe()
         _missed(c, lane, hooks)
