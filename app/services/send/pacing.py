@@ -4,8 +4,10 @@ Every process sending for a sender books slots on the same timeline (Redis for t
 a few at a time just ahead of use, so they all send at once instead of one booking a long run
 the others must wait out. A text of N segments takes N consecutive slots and leaves at its
 first. Slots are booked at RATE_MARGIN of the sender's rate and a text leaves within
-LATE_TOLERANCE of its slot, checked as its request starts (else its slot is given up and it
-takes one of its lane's next ones), so any one-second window at the provider holds the slots of
+LATE_TOLERANCE of its slot, checked as its request starts and again by the provider once its
+connection is ready (else its slot is given up and it takes one of its lane's next ones: a new
+connection's handshake on a busy loop took 50 ms at a day's start), so any one-second window at
+the provider holds the slots of
 at most (1 + LATE_TOLERANCE + transit) seconds: within the rate while that times RATE_MARGIN
 stays under 1, leaving ~30 ms for a request to reach the provider (bench/send_day.py checks it
 at the receiving end, by the kernel's arrival time of each request at the fake).
