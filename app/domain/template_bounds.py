@@ -52,6 +52,9 @@ class OutOfTime(BoundExceeded):
 #: computes; on a busy machine (other threads holding the GIL, other processes the cores) a
 #: render's wall time grows, and an ordinary template must not fail its text for that.
 clock = time.thread_time
+#: A thread's CPU time grows no faster than this clock, which is read without a system call
+#: (the CPU clock is not): until a budget's time has passed on it, the budget cannot be spent.
+wall = time.perf_counter
 
 
 class Budget:
@@ -61,15 +64,19 @@ class Budget:
     Entered as a context manager, it is the budget the hooks of this thread (or task) check.
     """
 
-    __slots__ = ("_token", "deadline", "iterations", "ms")
+    __slots__ = ("_sure_until", "_token", "deadline", "iterations", "ms")
 
     def __init__(self, ms: float) -> None:
         outer = _BUDGET.get()
-        self.deadline = clock() + ms / 1000
+        now = clock()
+        self.deadline = now + ms / 1000
         self.ms = ms
         if outer is not None and outer.deadline < self.deadline:
             # Never past an enclosing budget's deadline: a save's checks share one clock.
             self.deadline, self.ms = outer.deadline, outer.ms
+        # Checks before this (on ``wall``) need no read of the CPU clock: it cannot have
+        # reached the deadline yet. A render's checks then cost a few ns, not a system call.
+        self._sure_until = wall() + (self.deadline - now)
         self.iterations = MAX_ITERATIONS
         self._token: Token[Budget | None] | None = None
 
@@ -82,6 +89,8 @@ class Budget:
         _BUDGET.reset(self._token)
 
     def check(self) -> None:
+        if wall() < self._sure_until:
+            return
         if clock() > self.deadline:
             raise OutOfTime(
                 f"rendering took longer than {self.ms:g} ms (TEMPLATE_RENDER_BUDGET_MS)"

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.domain import template_bounds
 from app.domain.template_bounds import MAX_ITERATIONS
 from app.domain.templates import (
     SAMPLE_SUBSCRIPTION,
@@ -163,6 +164,22 @@ def test_a_render_past_its_budget_fails_with_the_setting_named() -> None:
         "template not allowed: rendering took longer than 0.01 ms (TEMPLATE_RENDER_BUDGET_MS)"
     )
     assert _send(slow)[0] == "ok"  # the default budget lets it through
+
+
+def test_an_ordinary_render_reads_the_cpu_clock_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU clock is a system call; a thread's CPU time grows no faster than the wall clock,
+    so the checks of a render still inside its budget on the wall clock need not read it.
+    A render past its budget is still caught by it (the test above)."""
+    reads: list[float] = []
+
+    def cpu() -> float:
+        reads.append(time.thread_time())
+        return reads[-1]
+
+    monkeypatch.setattr(template_bounds, "clock", cpu)
+    source = "Hi {{ customer.name|upper }}{% for i in range(20) %}{{ i }}{% endfor %}"
+    assert _send(source)[0].startswith("Hi BOB REAL")
+    assert len(reads) == 1
 
 
 def test_loop_iterations_are_bounded_in_all() -> None:
