@@ -174,7 +174,8 @@ class AsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # the libra
             timeout=request_timeout,
             allow_redirects=allow_redirects,
         ) as response:
-            text = await response.text()
+            # JSON is UTF-8 (RFC 8259): no charset lookup per answer.
+            text = await response.text(encoding="utf-8")
         _retry_after.set(response.headers.get("Retry-After"))
         return Response(response.status, text, response.headers)
 
