@@ -24,6 +24,17 @@ def monotonic() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+def yield_to_loop() -> None:
+    """Give the GIL up for a moment, from a thread doing a long stretch of CPU work beside
+    the shared loop (rendering a batch's texts, say).
+
+    CPython takes the GIL from a busy thread only once its switch interval (5 ms) has passed:
+    the loop's timers, each a text's slot, would wait up to that long, and a text more than
+    LATE_TOLERANCE late gives its slot up. ``sleep(0)`` releases the GIL and asks for it
+    again, so a loop thread waiting for it can run now (about a microsecond otherwise)."""
+    time.sleep(0)
+
+
 class RealTimeLoop(asyncio.SelectorEventLoop):
     """Timers on ``monotonic()``, so they keep real time in tests that freeze the clock."""
 

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import Connection
 
+from app.aioloop import yield_to_loop
 from app.db import ledger
 from app.domain import planning, rules
 from app.domain.segments import count_segments
@@ -19,6 +20,8 @@ from app.domain.templates import TemplateRefused
 from app.services.engine import TEMPLATE_REFUSED, OrgConfig, TemplateBook, load_orgs, render_body
 
 log = logging.getLogger("app.engine")
+
+YIELD_EVERY = 16  # texts rendered between two of yield_to_loop
 
 
 @dataclass
@@ -94,7 +97,9 @@ def prepare(
     skips: dict[int, str] = {}
     refused: dict[int, str] = {}
     broken: list[int] = []
-    for row in rows:
+    for i, row in enumerate(rows):
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            yield_to_loop()
         org = orgs[row.org_id]
         try:
             made = _text(conn, row, org, book, now, ignore_window, sender_of)
