@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy import exc as exc_module
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
@@ -63,9 +63,9 @@ def _ping_when_idle(engine: Engine) -> None:
             alive = engine.dialect.do_ping(dbapi_conn)
         except engine.dialect.loaded_dbapi.Error as exc:
             # The pool drops this connection and checks out another (three tries).
-            raise exc_module.DisconnectionError(f"stale pooled connection: {exc}") from exc
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
         if not alive:
-            raise exc_module.DisconnectionError("stale pooled connection")
+            raise DisconnectionError("stale pooled connection")
 
 
 def get_engine(url: str | None = None) -> Engine:

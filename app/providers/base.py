@@ -143,7 +143,7 @@ class BlockingProvider:
         send_by: float | None = None,
     ) -> str:
         if send_by is not None and monotonic() > send_by:
-            raise NotSent("its slot passed before a thread was free to send it")
+            raise NotSent("its slot's tolerance had passed when it was to be sent")
         call = functools.partial(self.send, to, body, sender, valid_for=valid_for)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 

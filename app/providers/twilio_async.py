@@ -73,7 +73,7 @@ class _Chars(dict[int, str]):
     bytes, each as above), filled in the first time a character is seen."""
 
     def __missing__(self, code: int) -> str:
-        written = "".join(map(_BYTES.__getitem__, chr(code).encode()))
+        written = _quote_bytes(chr(code).encode())
         self[code] = written
         return written
 
@@ -81,9 +81,13 @@ class _Chars(dict[int, str]):
 _CHARS = _Chars()
 
 
+def _quote_bytes(raw: bytes) -> str:
+    return "".join(map(_BYTES.__getitem__, raw))
+
+
 def _quote(value: object) -> str:
     if isinstance(value, bytes):
-        return "".join(map(_BYTES.__getitem__, value))
+        return _quote_bytes(value)
     return str(value).translate(_CHARS)
 
 
