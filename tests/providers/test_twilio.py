@@ -7,11 +7,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from app.errors import ConfigError
-from app.providers import build_provider, check_provider_settings
+from app.providers import build_provider, check_provider_settings, twilio_async
 from app.providers.base import NotSent, PermanentError, TransientError, UnknownOutcomeError
 from app.providers.twilio import TwilioProvider, check_settings, parse_retry_after
 from app.settings import Settings
@@ -100,6 +101,40 @@ def test_a_send_whose_connection_is_ready_after_its_send_by_is_not_made(
     sid = on_time.result(timeout=5)
     [message] = fake.messages
     assert message.sid == sid and message.body == "on time"
+
+
+def test_a_send_whose_body_would_go_after_its_send_by_is_not_made(
+    fake: FakeTwilio, provider: TwilioProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On time when its connection is ready, but the loop stalls before the body is written
+    (aiohttp writes it a loop turn later): nothing reaches Twilio, and the next send works."""
+    warm = provider._loop.submit(provider.send_async(TO, "warm", None))
+    warm.result(timeout=5)  # a pooled connection: ready at once, well before send_by
+
+    class Stalling(twilio_async._Connector):
+        async def connect(self, *args: Any, **kwargs: Any) -> Any:
+            conn = await super().connect(*args, **kwargs)
+            if stall:
+                time.sleep(0.2)  # the loop is blocked, as by a long callback or the GIL
+            return conn
+
+    stall = True
+    monkeypatch.setattr(twilio_async, "_Connector", Stalling)
+    # The next send opens a new session, on Stalling.
+    provider._loop.submit(provider._async_http.close()).result(timeout=5)
+    late = provider._loop.submit(
+        provider.send_async(TO, "too late", None, send_by=time.monotonic() + 0.1)
+    )
+    with pytest.raises(NotSent):
+        late.result(timeout=5)
+    assert [m.body for m in fake.messages] == ["warm"]
+
+    stall = False
+    on_time = provider._loop.submit(
+        provider.send_async(TO, "on time", None, send_by=time.monotonic() + 5)
+    )
+    on_time.result(timeout=5)
+    assert [m.body for m in fake.messages] == ["warm", "on time"]
 
 
 def test_sender_rule(fake: FakeTwilio) -> None:
