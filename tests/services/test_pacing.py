@@ -17,6 +17,7 @@ from typing import cast
 
 import pytest
 
+from app.aioloop import new_loop
 from app.domain.circuit import Admit
 from app.providers.base import NotSent
 from app.services.ratelimit import LocalRateLimiter
@@ -164,6 +165,54 @@ def test_a_lane_waits_for_its_last_texts_check_and_books_again_for_a_late_one() 
     pacer.go = go_after_a_stall  # type: ignore[method-assign]
     asyncio.run(pacer.run([text], replace(hooks, claim=claim)))
     assert calls == 2 and len(seen.started) == 1 and not seen.given_back
+
+
+def test_no_request_starts_before_its_slot_on_the_send_loop() -> None:
+    """The worker's loop (uvloop) fires timers on whole milliseconds, up to about one early:
+    a text started then would reach the provider before its slot, closer to the text before
+    it than the rate allows. Each waits for its slot instead."""
+    seen = Seen()
+    started_at: list[tuple[float, float]] = []  # (slot, when its request started)
+    hooks = seen.hooks()
+
+    async def start(c: Claimed, probe: bool, send_by: float | None) -> None:
+        started_at.append((slots[id(c)], time.clock_gettime(time.CLOCK_MONOTONIC)))
+
+    pacer = Pacer(
+        LocalRateLimiter(), concurrency=8, max_rate_wait=20.0, clock=lambda: datetime.now(UTC)
+    )
+    lane, started = Lane(), set[asyncio.Task[None]]()
+    hooks = replace(hooks, start=start)
+    slots: dict[int, float] = {}
+
+    async def slotted() -> None:
+        loop = asyncio.get_running_loop()
+        base = time.clock_gettime(time.CLOCK_MONOTONIC) + 0.01
+        for i in range(200):  # slots off the millisecond grid, 3.37 ms apart
+            c, slot = claimed(), base + i * 0.00337
+            slots[id(c)] = slot
+            lane.checking += 1
+            loop.call_later(
+                slot - time.clock_gettime(time.CLOCK_MONOTONIC),
+                pacer._start,
+                c,
+                slot,
+                SPACING,
+                False,
+                lane,
+                hooks,
+                started,
+            )
+        while len(started_at) < 200:
+            await asyncio.sleep(0.05)
+
+    loop = new_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(slotted(), 10))
+    finally:
+        loop.close()
+    early = [slot - at for slot, at in started_at if at < slot]
+    assert early == [], f"{len(early)} of 200 requests started before their slots"
 
 
 class Counting(LocalRateLimiter):

@@ -272,7 +272,12 @@ class Pacer:
         started: set[asyncio.Task[None]],
     ) -> None:
         """A claimed text's task, at its slot; go() judges whether it is still on time."""
-        task = asyncio.get_running_loop().create_task(self.go(c, slot, spacing, probe, lane, hooks))
+        loop = asyncio.get_running_loop()
+        early = slot - monotonic()
+        if early > 0:  # the loop's timer fired before the slot (uvloop's are whole ms)
+            loop.call_later(early, self._start, c, slot, spacing, probe, lane, hooks, started)
+            return
+        task = loop.create_task(self.go(c, slot, spacing, probe, lane, hooks))
         started.add(task)
         task.add_done_callback(started.discard)
 
