@@ -58,9 +58,9 @@ class UnknownOutcomeError(ProviderError):
 
 
 class NotSent(Exception):
-    """The request was not made: its connection to the provider was ready only after its
-    ``send_by`` (a busy process, a connection still being opened). Nothing reached the
-    provider: the text may take a later slot of its sender's rate."""
+    """The request was not made: it could not be on its way by its ``send_by`` (a busy
+    process, a connection still being opened). Nothing reached the provider: the text may
+    take a later slot of its sender's rate."""
 
 
 @dataclass(frozen=True)

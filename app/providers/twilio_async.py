@@ -35,10 +35,21 @@ def last_retry_after() -> str | None:
 
 
 # The request's ``send_by`` (monotonic), per send like Retry-After: checked once its
-# connection is ready, the last moment before its bytes go.
+# connection is ready, and again (with BODY_SLACK) just before its body is written.
 send_by: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "twilio_send_by", default=None
 )
+
+
+def _late(what: str, slack: float = 0.0) -> NotSent | None:
+    """NotSent if this request's ``send_by`` (plus ``slack``) has passed; ``what`` was ready."""
+    deadline = send_by.get()
+    if deadline is None:
+        return None
+    late = monotonic() - deadline
+    if late <= slack:
+        return None
+    return NotSent(f"its {what} was ready {1000 * late:.0f} ms after its slot's tolerance")
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -53,13 +64,9 @@ class _Connector(aiohttp.TCPConnector):
         self, req: aiohttp.ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
     ) -> Connection:
         conn = await super().connect(req, traces, timeout)
-        deadline = send_by.get()
-        if deadline is not None and monotonic() > deadline:
+        if (late := _late("connection")) is not None:
             conn.release()
-            raise NotSent(
-                f"its connection was ready {1000 * (monotonic() - deadline):.0f} ms after its "
-                "slot's tolerance"
-            )
+            raise late
         return conn
 
 
@@ -83,12 +90,8 @@ class _Form(BytesPayload):
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
-        deadline = send_by.get()
-        if deadline is not None and monotonic() > deadline + BODY_SLACK:
-            raise NotSent(
-                f"its body was ready to go {1000 * (monotonic() - deadline):.0f} ms after its "
-                "slot's tolerance"
-            )
+        if (late := _late("body", BODY_SLACK)) is not None:
+            raise late
         await super().write_with_length(writer, content_length)
 
 

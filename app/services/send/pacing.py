@@ -294,8 +294,8 @@ class Pacer:
         lane.woken.set()
         if not late:
             try:
-                # The provider checks the same bound once its connection is ready, the last
-                # moment before the request's bytes go.
+                # The provider checks the same bound once its connection is ready, and
+                # again just before the request's bytes go.
                 await hooks.start(c, probe, slot + LATE_TOLERANCE if spacing else None)
                 return
             except NotSent:
