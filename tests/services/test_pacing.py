@@ -17,7 +17,7 @@ from typing import cast
 
 import pytest
 
-from app.aioloop import new_loop
+from app.aioloop import monotonic, new_loop
 from app.domain.circuit import Admit
 from app.providers.base import NotSent
 from app.services.ratelimit import LocalRateLimiter
@@ -171,29 +171,27 @@ def test_no_request_starts_before_its_slot_on_the_send_loop() -> None:
     """The worker's loop (uvloop) fires timers on whole milliseconds, up to about one early:
     a text started then would reach the provider before its slot, closer to the text before
     it than the rate allows. Each waits for its slot instead."""
-    seen = Seen()
     started_at: list[tuple[float, float]] = []  # (slot, when its request started)
-    hooks = seen.hooks()
+    slots: dict[int, float] = {}
 
     async def start(c: Claimed, probe: bool, send_by: float | None) -> None:
-        started_at.append((slots[id(c)], time.clock_gettime(time.CLOCK_MONOTONIC)))
+        started_at.append((slots[id(c)], monotonic()))
 
     pacer = Pacer(
         LocalRateLimiter(), concurrency=8, max_rate_wait=20.0, clock=lambda: datetime.now(UTC)
     )
     lane, started = Lane(), set[asyncio.Task[None]]()
-    hooks = replace(hooks, start=start)
-    slots: dict[int, float] = {}
+    hooks = replace(Seen().hooks(), start=start)
 
     async def slotted() -> None:
         loop = asyncio.get_running_loop()
-        base = time.clock_gettime(time.CLOCK_MONOTONIC) + 0.01
+        base = monotonic() + 0.01
         for i in range(200):  # slots off the millisecond grid, 3.37 ms apart
             c, slot = claimed(), base + i * 0.00337
             slots[id(c)] = slot
             lane.checking += 1
             loop.call_later(
-                slot - time.clock_gettime(time.CLOCK_MONOTONIC),
+                slot - monotonic(),
                 pacer._start,
                 c,
                 slot,
